@@ -1,0 +1,73 @@
+"""Orbax checkpoints: the latest one plus the best by the validation metric.
+
+Layout of a workdir:
+  checkpoints/<step>/{state,meta}   Orbax; `meta` holds the metrics (JSON)
+  config.json, vocab.txt            beside them, written at the first start
+  metrics.jsonl                     the local log (writers.py)
+
+The preservation policy is *latest 1 + best 1*: with `best_fn` and
+`max_to_keep` alone Orbax can delete the newest checkpoint, and a resume would
+go back in time (shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from im2latex_jax import optim
+
+CKPT_DIR = "checkpoints"
+
+
+def _metric_fn(metric: str):
+  def get(metrics: dict[str, Any]) -> float:
+    return optim.plateau_value(metric, float(metrics[metric]))
+  return get
+
+
+def make_manager(workdir: str, metric: str = "loss", keep_best: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager for `<workdir>/checkpoints` (absolute path: Orbax needs one)."""
+  path = os.path.join(os.path.abspath(workdir), CKPT_DIR)
+  policies = [ocm.LatestN(1)]
+  if keep_best:
+    # BestN keeps the *last* n after sorting; reverse=True sorts descending,
+    # so it keeps the lowest plateau value (the best for either direction).
+    policies.append(ocm.BestN(get_metric_fn=_metric_fn(metric), reverse=True, n=1,
+                              keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocm.AnyPreservationPolicy(policies),
+      create=not read_only, read_only=read_only,
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, metrics: dict[str, float]) -> None:
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave({"step": step, **metrics})),
+            metrics=metrics)
+
+
+def best_step(mngr: ocp.CheckpointManager, metric: str = "loss") -> int | None:
+  """The kept step with the best `metric` (None if no step has it)."""
+  scored = []
+  for step in mngr.all_steps():
+    meta = restore_meta(mngr, step)
+    if metric in meta:
+      scored.append((optim.plateau_value(metric, float(meta[metric])), step))
+  return min(scored)[1] if scored else None
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """Restores `state` onto the shardings of `abstract_state` (ShapeDtypeStructs)."""
+  out = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  return out["state"], out["meta"]
+
+
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

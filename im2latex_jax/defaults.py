@@ -1,0 +1,121 @@
+"""The full set of config fields, with their defaults and units.
+
+Every file in configs/ starts from `base_config()` and changes what its recipe
+needs, so every run's config has the same keys (a typo in a CLI override or in
+a sweep fails loudly against the locked config).
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Base seed: parameters, data order and dropout all derive from it.
+  c.seed = 0
+
+  c.input = ml_collections.ConfigDict()
+  # Source: None downloads the official release; a path is a manual dir in the
+  # official layout; 'embedded' is the small set shipped in the package.
+  c.input.manual_dir = "embedded"
+  # Where TFDS prepares the data (None: ~/tensorflow_datasets/…, per source).
+  c.input.data_dir = None
+  c.input.train_split = "train"
+  c.input.eval_split = "validation"
+  # Vocabulary: tokens of this split seen at least vocab_min_count times.
+  c.input.vocab_split = "train"
+  c.input.vocab_min_count = 2
+  # (H, W) image buckets: 'im2markup' or 'HxW,HxW,…'.
+  c.input.buckets = "im2markup"
+  # Target-length buckets, in tokens (without BOS/EOS).
+  c.input.token_buckets = (50, 100, 150)
+  # Global batch size (over all devices and hosts), in examples.
+  c.input.batch_size = 20
+  c.input.eval_batch_size = 32
+  c.input.shuffle_buffer = 1024
+  c.input.prefetch = 2
+  # Keep the raw (encoded) training records in memory.
+  c.input.cache = False
+  # im2markup's train/val filter; the test split is evaluated unfiltered.
+  c.input.filter = ml_collections.ConfigDict(
+      dict(enabled=True, max_height=160, max_width=500, max_tokens=150))
+  c.input.eval_filter = ml_collections.ConfigDict(
+      dict(enabled=True, max_height=160, max_width=500, max_tokens=150))
+  # Online augmentation (im2latex_jax/augment.py); off in the paper configs.
+  c.input.augment = ml_collections.ConfigDict(dict(enabled=False))
+
+  c.model = ml_collections.ConfigDict()
+  # 'im2markup' or 'baseline'.
+  c.model.name = "im2markup"
+  # CNN channels of the six im2markup conv layers.
+  c.model.cnn_features = (64, 128, 256, 256, 512, 512)
+  # Row BiLSTM hidden size per direction.
+  c.model.encoder_hidden = 256
+  # Rows with a learned initial state (feature-map rows; larger rows share the last).
+  c.model.max_rows = 100
+  c.model.decoder_hidden = 512
+  c.model.embed_dim = 80
+  # Dropout before the output projection (im2markup: 0).
+  c.model.dropout = 0.0
+  # 'uniform' (im2markup: U[-init_scale, init_scale] everywhere),
+  # 'conv_he' (the seed: He-normal conv kernels, Flax defaults elsewhere) or 'default'.
+  c.model.init = "uniform"
+  c.model.init_scale = 0.05
+  # Baseline only: images are resized to this (H, W).
+  c.model.resize_hw = (64, 256)
+  c.model.attention_dim = 256
+  # Computation dtype ('float32' or 'bfloat16'); parameters stay float32.
+  c.model.dtype = "float32"
+
+  c.optim = ml_collections.ConfigDict()
+  # 'sgd', 'momentum', 'nesterov', 'adam' or 'adamw'.
+  c.optim.name = "momentum"
+  c.optim.lr = 0.1
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 0.0
+  # Linear warmup, in steps.
+  c.optim.warmup_steps = 0
+  # 'global', 'per_tensor' (im2markup) or 'none'; max gradient norm.
+  c.optim.clip = "global"
+  c.optim.clip_norm = 5.0
+  c.optim.plateau = ml_collections.ConfigDict()
+  # Metric that drives the plateau schedule and the best checkpoint:
+  # 'loss' (validation loss, minimised) or a decoding metric such as 'bleu4'.
+  c.optim.plateau.metric = "loss"
+  c.optim.plateau.factor = 0.5
+  # The lr is multiplied by factor after this many evaluations in a row
+  # without improvement (1: at the first one, as im2markup does).
+  c.optim.plateau.patience = 1
+  c.optim.plateau.cooldown = 0
+  # Relative improvement that counts as better (optax needs rtol or atol > 0).
+  c.optim.plateau.rtol = 1e-4
+  c.optim.plateau.min_scale = 1e-4
+
+  # Training length: epochs (of the filtered training split) or steps; steps wins if > 0.
+  c.num_epochs = 15
+  c.num_train_steps = -1
+  c.log_every_steps = 50
+  # Evaluation (validation loss/perplexity) and checkpoint cadence, in steps.
+  c.eval_every_steps = 1000
+  # Evaluate at most this many examples per evaluation (None: all).
+  c.eval_max_examples = None
+
+  c.evals = ml_collections.ConfigDict()
+  # Decoding evaluator during training (greedy): cadence in steps (0: off).
+  c.evals.decode_every_steps = 0
+  c.evals.decode_max_examples = 200
+  c.evals.max_decode_len = 152
+  c.evals.beam_size = 5
+  c.evals.length_penalty = 0.0
+
+  c.ckpt = ml_collections.ConfigDict()
+  # Also keep the best checkpoint by config.optim.plateau.metric.
+  c.ckpt.keep_best = True
+
+  c.wandb = ml_collections.ConfigDict()
+  # 'auto' (online if WANDB_API_KEY is set, else offline), 'online', 'offline', 'disabled'.
+  c.wandb.mode = "auto"
+  c.wandb.project = "im2latex-jax"
+  c.wandb.entity = None
+  c.wandb.group = None
+  c.wandb.name = None
+  return c

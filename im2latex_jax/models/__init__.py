@@ -1,0 +1,32 @@
+"""Model registry: `get_model(config.model, vocab_size)`."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+from im2latex_jax.models.baseline import Baseline
+from im2latex_jax.models.im2markup import Im2Markup
+from im2latex_jax.models.layers import apply_init_scheme
+
+MODELS = ("im2markup", "baseline")
+
+
+def get_model(cfg: ml_collections.ConfigDict, vocab_size: int):
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(cfg.dtype)
+  if dtype is None:
+    raise ValueError(f"config.model.dtype {cfg.dtype!r} is not 'float32' or 'bfloat16'.")
+  if cfg.name == "im2markup":
+    return Im2Markup(vocab_size=vocab_size, cnn_features=tuple(cfg.cnn_features),
+                     encoder_hidden=cfg.encoder_hidden, max_rows=cfg.max_rows,
+                     decoder_hidden=cfg.decoder_hidden, embed_dim=cfg.embed_dim,
+                     dropout=cfg.dropout, dtype=dtype)
+  if cfg.name == "baseline":
+    return Baseline(vocab_size=vocab_size, resize_hw=tuple(cfg.resize_hw),
+                    cnn_features=tuple(cfg.cnn_features),
+                    decoder_hidden=cfg.decoder_hidden, embed_dim=cfg.embed_dim,
+                    attention_dim=cfg.attention_dim, dtype=dtype)
+  raise ValueError(f"Unknown config.model.name {cfg.name!r}; choose one of {MODELS}.")
+
+
+__all__ = ["get_model", "apply_init_scheme", "Im2Markup", "Baseline", "MODELS"]

@@ -1,0 +1,141 @@
+"""im2markup (Deng et al. 2017): CNN → row BiLSTM → LSTM decoder with attention.
+
+Shapes follow the original Torch code (shared/DESIGN.md): a CNN without FC
+layers reduces H and W by 8; a bidirectional LSTM runs along every row of the
+feature grid, starting from an initial state learned per row index; a 1-layer
+LSTM decoder with input feeding attends over all H'×W' cells with Luong's
+"general" score and predicts the next token from `tanh(W_c [c_t; h_t])`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from im2latex_jax.models import layers
+
+Carry = Any
+
+
+class CNN(nn.Module):
+  """im2markup's encoder CNN; all convs 3×3, stride 1, pad 1."""
+  features: tuple[int, ...] = (64, 128, 256, 256, 512, 512)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    f = self.features
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype)
+    bn = functools.partial(nn.BatchNorm, use_running_average=not train,
+                           momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    x = nn.relu(conv(f[0], name="conv0")(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(conv(f[1], name="conv1")(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(bn(name="bn2")(conv(f[2], name="conv2")(x)))
+    x = nn.relu(conv(f[3], name="conv3")(x))
+    x = nn.max_pool(x, (2, 1), (2, 1))            # halves H
+    x = nn.relu(bn(name="bn4")(conv(f[4], name="conv4")(x)))
+    x = nn.max_pool(x, (1, 2), (1, 2))            # halves W
+    x = nn.relu(bn(name="bn5")(conv(f[5], name="conv5")(x)))
+    return x
+
+
+class RowEncoder(nn.Module):
+  """A BiLSTM over each row; initial (c, h) learned per row index."""
+  hidden: int = 256
+  max_rows: int = 100
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats, row_lengths):
+    b, h, w, c = feats.shape
+    init = self.param("row_init", nn.initializers.zeros, (self.max_rows, 2, 2, self.hidden))
+    rows = jnp.minimum(jnp.arange(h), self.max_rows - 1)
+    init = jnp.broadcast_to(init[rows][None], (b, h, 2, 2, self.hidden))
+    init = init.reshape(b * h, 2, 2, self.hidden)
+    x = feats.reshape(b * h, w, c)
+    lengths = jnp.repeat(row_lengths, h)
+    outs = []
+    for d, reverse in enumerate((False, True)):
+      cell = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, name=f"lstm_{'bw' if reverse else 'fw'}")
+      rnn = nn.RNN(cell, reverse=reverse, keep_order=True)
+      carry = (init[:, d, 0].astype(self.dtype), init[:, d, 1].astype(self.dtype))
+      outs.append(rnn(x, initial_carry=carry, seq_lengths=lengths))
+    return jnp.concatenate(outs, -1).reshape(b, h, w, 2 * self.hidden)
+
+
+class LuongDecoderCell(nn.Module):
+  """One decoder step: input feeding, LSTM, Luong general attention."""
+  vocab_size: int
+  hidden: int = 512
+  embed_dim: int = 80
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, enc, carry, token, train: bool = False):
+    (c, h), o_prev = carry
+    emb = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(token).astype(self.dtype)
+    (c, h), _ = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, name="lstm")(
+        (c, h), jnp.concatenate([emb, o_prev], -1))
+    # score_i = ctx_i · W h  ==  keys_i · h with keys = ctx W^T, precomputed.
+    scores = jnp.einsum("bnd,bd->bn", enc["keys"], h)
+    attn = layers.masked_softmax(scores, enc["mask"])           # [B, N]
+    ctx = jnp.einsum("bn,bnd->bd", attn.astype(self.dtype), enc["memory"])
+    o = jnp.tanh(nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="combine")(
+        jnp.concatenate([ctx, h], -1)))
+    o_drop = nn.Dropout(self.dropout, deterministic=not train)(o)
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")(o_drop)
+    return ((c, h), o), (logits.astype(jnp.float32), attn)
+
+
+class Im2Markup(nn.Module):
+  """The full model. See docs/ARCHITECTURE.md for the method contract."""
+  vocab_size: int
+  cnn_features: tuple[int, ...] = (64, 128, 256, 256, 512, 512)
+  encoder_hidden: int = 256
+  max_rows: int = 100
+  decoder_hidden: int = 512
+  embed_dim: int = 80
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.cnn = CNN(self.cnn_features, dtype=self.dtype)
+    self.rows = RowEncoder(self.encoder_hidden, self.max_rows, dtype=self.dtype)
+    self.key_proj = nn.Dense(self.decoder_hidden, use_bias=False, dtype=self.dtype)
+    self.cell = LuongDecoderCell(self.vocab_size, self.decoder_hidden, self.embed_dim,
+                                 self.dropout, dtype=self.dtype)
+
+  def encode(self, images, image_hw, train: bool = False):
+    x = layers.normalize_images(images, image_hw, self.dtype)
+    feats = self.cnn(x, train)                                  # [B, H', W', C]
+    b, fh, fw, _ = feats.shape
+    mask = layers.feature_mask(image_hw, (fh, fw), images.shape[1:3])
+    row_lengths = jnp.maximum(mask[:, 0, :].sum(-1), 1)
+    memory = self.rows(feats, row_lengths).reshape(b, fh * fw, -1)
+    return {"memory": memory, "keys": self.key_proj(memory),
+            "mask": mask.reshape(b, fh * fw),
+            "feature_hw": jnp.broadcast_to(jnp.array([fh, fw]), (b, 2))}
+
+  def init_carry(self, enc):
+    b = enc["memory"].shape[0]
+    z = jnp.zeros((b, self.decoder_hidden), self.dtype)
+    return ((z, z), z)
+
+  def decode_step(self, enc, carry, token):
+    carry, (logits, attn) = self.cell(enc, carry, token)
+    return logits, carry, attn
+
+  def __call__(self, images, image_hw, decoder_inputs, train: bool = False):
+    enc = self.encode(images, image_hw, train)
+    scan = nn.scan(lambda cell, carry, tok: cell(enc, carry, tok, train),
+                   variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+                   in_axes=1, out_axes=1)
+    _, (logits, _) = scan(self.cell, self.init_carry(enc), decoder_inputs)
+    return logits                                                 # [B, T, V]

@@ -1,0 +1,176 @@
+"""`im2latex-jax predict`: LaTeX for image files from the command line.
+
+    im2latex-jax predict formula.png scans/ - --workdir /tmp/run --beam 5 --json
+
+Arguments are files, directories (every image directly inside, sorted by name)
+or `-` for image bytes on stdin. Prints one line per image to stdout,
+`<path>\t<latex>`, or with --json one JSON object per line. An image that
+cannot be read or predicted prints `<path>: error: <reason>` to stderr and the
+others go on; the exit code is 1 if any failed, 2 for a usage or model error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Iterator, TextIO
+
+import numpy as np
+
+from im2latex_jax.serve import image_io
+
+# File extensions a directory argument is searched for (lower case).
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+STDIN = "-"
+
+
+def _expand(paths: list[str]) -> Iterator[tuple[str, str | None]]:
+  """Yields (path, error) for each image named by the arguments, in order."""
+  for path in paths:
+    if path == STDIN:
+      yield path, None
+    elif os.path.isdir(path):
+      names = sorted(
+          n for n in os.listdir(path)
+          if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
+          and os.path.isfile(os.path.join(path, n)))
+      if not names:
+        yield path, "no images in this directory"
+      for name in names:
+        yield os.path.join(path, name), None
+    elif os.path.isfile(path):
+      yield path, None
+    else:
+      yield path, "no such file or directory"
+
+
+def _read(path: str) -> np.ndarray:
+  if path == STDIN:
+    data = sys.stdin.buffer.read()
+  else:
+    with open(path, "rb") as f:
+      data = f.read(image_io.MAX_PIXELS * 4 + 1)  # a bound, not a format check
+  return image_io.decode_image(data)
+
+
+def _record(path: str, pred, beam: int) -> dict[str, Any]:
+  return {
+      "path": path,
+      "latex": pred.latex,
+      "tokens": list(pred.tokens),
+      "token_probs": [round(float(p), 6) for p in pred.token_probs],
+      "logprob": float(pred.logprob),
+      "beam": beam,
+      "timings": {k: round(float(v), 6) for k, v in pred.timings.items()},
+  }
+
+
+class _Runner:
+  """Batches decoded images through the predictor and prints results in order."""
+
+  def __init__(self, predictor, beam: int, as_json: bool, out: TextIO,
+               err: TextIO):
+    self.predictor, self.beam, self.as_json = predictor, beam, as_json
+    self.out, self.err = out, err
+    self.failed = 0
+
+  def fail(self, path: str, reason: str):
+    self.failed += 1
+    print(f"{path}: error: {reason}", file=self.err, flush=True)
+
+  def run_batch(self, batch: list[tuple[str, np.ndarray]]):
+    if not batch:
+      return
+    try:
+      preds = self.predictor.predict([im for _, im in batch],
+                                     beam_size=self.beam)
+    except ValueError as e:
+      if len(batch) == 1:
+        self.fail(batch[0][0], str(e))
+        return
+      # One bad image fails the whole call; rerun one by one to find it.
+      for item in batch:
+        self.run_batch([item])
+      return
+    for (path, _), pred in zip(batch, preds):
+      if self.as_json:
+        line = json.dumps(_record(path, pred, self.beam), ensure_ascii=False)
+      else:
+        line = f"{path}\t{pred.latex}"
+      print(line, file=self.out, flush=True)
+
+
+def main(argv: list[str], predictor=None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+  """Runs `im2latex-jax predict`.
+
+  Args:
+    argv: like sys.argv, the program name first (as im2latex_jax.main
+      passes), then the arguments.
+    predictor: a Predictor to use instead of `load_predictor(--workdir)`
+      (tests inject a FakePredictor).
+    out: where results go; default stdout.
+    err: where per-image errors go; default stderr.
+
+  Returns:
+    0 if every image was predicted, 1 if any failed, 2 for usage or model
+    errors.
+  """
+  out = out or sys.stdout
+  err = err or sys.stderr
+  parser = argparse.ArgumentParser(
+      prog=argv[0] if argv else "im2latex-jax predict",
+      description="Predict LaTeX for formula images.")
+  parser.add_argument("images", nargs="+", metavar="IMAGE",
+                      help="image files, directories of images, or - for stdin")
+  parser.add_argument("--workdir", default=None,
+                      help="training workdir; default: the shipped model")
+  parser.add_argument("--beam", type=int, default=1,
+                      help="beam size; 1 is greedy decoding")
+  parser.add_argument("--json", action="store_true",
+                      help="one JSON object per line instead of path<TAB>latex")
+  parser.add_argument("--batch-size", type=int, default=8,
+                      help="images per predict() call")
+  args = parser.parse_args(argv[1:])
+  if args.beam < 1:
+    print(f"error: --beam {args.beam} must be at least 1", file=err)
+    return 2
+  if args.batch_size < 1:
+    print(f"error: --batch-size {args.batch_size} must be at least 1",
+          file=err)
+    return 2
+  if args.images.count(STDIN) > 1:
+    print("error: - (stdin) can be given only once", file=err)
+    return 2
+
+  if predictor is None:
+    from im2latex_jax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+    try:
+      predictor = predictor_lib.load_predictor(args.workdir)
+    except (predictor_lib.NoModelError, ValueError) as e:
+      print(f"error: {e}", file=err)
+      return 2
+
+  runner = _Runner(predictor, args.beam, args.json, out, err)
+  batch: list[tuple[str, np.ndarray]] = []
+  for path, error in _expand(args.images):
+    if error is not None:
+      runner.fail(path, error)
+      continue
+    try:
+      batch.append((path, _read(path)))
+    except (image_io.UploadError, OSError) as e:
+      runner.fail(path, str(e))
+      continue
+    if len(batch) == args.batch_size:
+      runner.run_batch(batch)
+      batch = []
+  runner.run_batch(batch)
+  return 1 if runner.failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

@@ -1,0 +1,315 @@
+"""Inference preprocessing: any user image -> an image that looks like the data.
+
+The model was trained on im2latex-100k's processed images: 8-bit grayscale,
+black formula on white, cropped to the ink, a margin of 4 px (8 px before
+im2markup's x2 downsampling) at the top-left, placed on the first of
+im2markup's buckets that holds it, glyphs at one fixed size. A screenshot, a
+photo crop or a render at another resolution differs in all of these;
+`normalize_image` undoes the differences so predict and the web server feed
+the model what it has seen:
+
+  to grayscale -> trim a uniform frame -> invert a dark background ->
+  stretch contrast (background 255, ink 0) -> crop to the ink ->
+  rescale glyphs to the dataset's size -> place on a bucket like the data.
+
+Usage:
+  gray = normalize_image(PIL.Image.open(path))   # uint8 [H, W] on a bucket
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+# im2markup's buckets after its x2 downsampling, (H, W), in im2markup's order:
+# an image goes to the *first* bucket that holds it, as in its
+# `pad_group_image`, which is not always the one of smallest area.
+DEFAULT_BUCKETS: tuple[tuple[int, int], ...] = (
+    (50, 120), (40, 160), (40, 200), (50, 200), (40, 240), (50, 240),
+    (40, 280), (50, 280), (40, 320), (50, 320), (40, 360), (50, 360),
+    (60, 360), (100, 360), (50, 400), (160, 400), (100, 500), (200, 500),
+    (100, 600), (100, 800), (800, 800))
+
+# Margin around the ink in px. Measured on 1,000 processed dataset images: the
+# bounding box of pixels < INK_THRESHOLD starts at (4, 4) in every one, and
+# "box + 4 px on every side fits" reproduces the bucket of 100 % of them.
+MARGIN = 4
+# A pixel darker than this (on the 0..255 scale, white background) is ink.
+INK_THRESHOLD = 200
+
+# Glyph scale is measured two ways, because neither works over the whole range:
+#
+# * Stroke width, 2 x ink mass / ink perimeter (mass = sum of darkness, the
+#   perimeter from the image's total variation, so both are sub-pixel and
+#   blur-tolerant). Every dataset formula is set in the same font at the same
+#   size, so this barely varies: on 380 processed im2latex-100k images (every
+#   29th) median 1.49 px, 5-95 % 1.41-1.58 px (cv 3.6 %), and it follows an
+#   upscaling exactly (2x: ratio cv 1 %). Below the dataset's scale it
+#   saturates at ~1.5 px (strokes are then one anti-aliased pixel) and says
+#   nothing.
+# * Glyph height, the median height of character-like connected components:
+#   works at any scale but varies with the formula's content (x-height letters,
+#   capitals, scripts): on 1,044 images (every 11th) median 10 px, quartiles
+#   9.5 / 10.5, 5-95 % 7-13 px.
+#
+# So: stroke width decides whether (and how much) to shrink an image; glyph
+# height decides whether to enlarge one, only when it is clearly too small.
+DATASET_STROKE_WIDTH = 1.49
+DATASET_GLYPH_HEIGHT = 10.0
+# (scale, median stroke width) of the same 380 images after a LANCZOS resize
+# by `scale`: resampling blurs by ~0.3 px, so the curve is not quite linear.
+STROKE_WIDTH_CURVE = ((1.0, 1.49), (1.2, 1.88), (1.5, 2.29), (2.0, 3.02),
+                      (3.0, 4.40))
+# Stroke widths up to this ratio to the dataset's are the dataset's scale: its
+# 95 % point is 1.06x the median, and images *smaller* than the dataset's
+# scale measure up to 1.2x (resampling blur).
+STROKE_DEAD_BAND = 1.2
+# Enlarge only when glyphs are below 1 / GLYPH_DEAD_BAND of the dataset's: 5 %
+# of dataset images measure 7 px (1 / 1.43) although set at the same size, so
+# a smaller band would enlarge genuine training-scale images. The price:
+# inputs between ~0.65x and 1x the training scale are left as they are.
+GLYPH_DEAD_BAND = 1.5
+
+# Inputs smaller than this on a side carry no readable formula.
+MIN_SIDE = 4
+# Below this estimated glyph height (px) the input is too coarse to read.
+MIN_GLYPH_HEIGHT = 4.0
+
+
+class ImageError(ValueError):
+  """The image cannot be turned into a model input; the message says why."""
+
+
+def to_grayscale(image: np.ndarray | Image.Image) -> np.ndarray:
+  """Returns a float32 [H, W] image in [0, 255]; transparency over white.
+
+  Args:
+    image: a PIL image of mode 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, I,
+      I;16*, F; or an array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] of
+      uint8, uint16, bool, or floats in [0, 1].
+  """
+  if isinstance(image, Image.Image):
+    return _pil_to_gray(image)
+  return _array_to_gray(np.asarray(image))
+
+
+def _pil_to_gray(im: Image.Image) -> np.ndarray:
+  mode = im.mode
+  if mode in ('P', 'PA'):
+    # A palette may carry transparency; RGBA keeps it for compositing.
+    im = im.convert('RGBA')
+    mode = 'RGBA'
+  if mode in ('RGBA', 'LA', 'RGBa', 'La'):
+    return _array_to_gray(np.asarray(im.convert('RGBA')))
+  if mode in ('1', 'L', 'RGB', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
+    if mode == 'LAB' or mode == 'HSV':
+      raise ImageError(f'image mode {mode!r} is not supported; save the image '
+                       'as PNG (RGB or grayscale) and try again')
+    return np.asarray(im.convert('L'), dtype=np.float32)
+  if mode.startswith('I;16') or mode == 'I':
+    a = np.asarray(im).astype(np.float64)
+    # 16-bit PNGs open as I or I;16; values above 255 say the range is 16-bit.
+    scale = 257.0 if a.max(initial=0) > 255 else 1.0
+    return np.clip(a / scale, 0, 255).astype(np.float32)
+  if mode == 'F':
+    return _array_to_gray(np.asarray(im, dtype=np.float32))
+  raise ImageError(f'image mode {mode!r} is not supported; save the image as '
+                   'PNG (RGB or grayscale) and try again')
+
+
+def _array_to_gray(a: np.ndarray) -> np.ndarray:
+  if a.ndim == 3 and a.shape[-1] == 1:
+    a = a[..., 0]
+  if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (2, 3, 4)):
+    raise ImageError(f'image array of shape {a.shape} is not an image; pass '
+                     '[H, W], [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA)')
+  if a.dtype == bool:
+    a = a.astype(np.float32) * 255
+  elif a.dtype == np.uint16:
+    a = a.astype(np.float32) / 257.0
+  elif np.issubdtype(a.dtype, np.floating):
+    a = a.astype(np.float32)
+    if a.size and np.nanmax(a) <= 1.0:
+      a = a * 255
+  elif np.issubdtype(a.dtype, np.integer):
+    a = a.astype(np.float32)
+  else:
+    raise ImageError(f'image dtype {a.dtype} is not supported; pass uint8, '
+                     'uint16, bool or float in [0, 1]')
+  a = np.clip(np.nan_to_num(a, nan=255.0), 0, 255)
+  if a.ndim == 2:
+    return a
+  if a.shape[-1] in (2, 4):
+    # LA / RGBA: composite on white, as a browser shows a transparent PNG.
+    alpha = a[..., -1:] / 255.0
+    a = a[..., :-1] * alpha + 255.0 * (1.0 - alpha)
+  if a.shape[-1] == 1:
+    return a[..., 0]
+  # ITU-R 601 luma, the weights PIL's convert('L') uses.
+  return a @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _trim_uniform_border(g: np.ndarray, tol: float = 8.0) -> np.ndarray:
+  """Strips outer rows/columns that are each of one colour (frames, bars)."""
+  top, bottom, left, right = 0, g.shape[0], 0, g.shape[1]
+  flat = lambda v: v.size == 0 or float(v.max() - v.min()) <= tol
+  while bottom - top > 1 and flat(g[top, left:right]):
+    top += 1
+  while bottom - top > 1 and flat(g[bottom - 1, left:right]):
+    bottom -= 1
+  while right - left > 1 and flat(g[top:bottom, left]):
+    left += 1
+  while right - left > 1 and flat(g[top:bottom, right - 1]):
+    right -= 1
+  return g[top:bottom, left:right]
+
+
+def _ink_box(g: np.ndarray) -> tuple[int, int, int, int] | None:
+  """(top, left, bottom, right), exclusive, of pixels < INK_THRESHOLD."""
+  ys, xs = np.nonzero(g < INK_THRESHOLD)
+  if ys.size == 0:
+    return None
+  return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+def estimate_glyph_height(gray: np.ndarray) -> float:
+  """Median height (px) of character-like ink components, as measured for
+  DATASET_GLYPH_HEIGHT; nan when there are none (a lone rule or dots)."""
+  ink = np.asarray(gray) < INK_THRESHOLD
+  labels, _ = ndimage.label(ink, structure=np.ones((3, 3)))
+  boxes = [b for b in ndimage.find_objects(labels) if b is not None]
+  if not boxes:
+    return float('nan')
+  hs = np.array([b[0].stop - b[0].start for b in boxes])
+  ws = np.array([b[1].stop - b[1].start for b in boxes])
+  # Rules (fraction bars, minus) and dots say nothing about the font size.
+  keep = (hs >= 3) & (ws <= 3 * hs)
+  if not keep.any():
+    return float('nan')
+  return float(np.median(hs[keep]))
+
+
+def estimate_stroke_width(gray: np.ndarray) -> float:
+  """Mean stroke width (px) as 2 x ink mass / ink perimeter; nan if no ink."""
+  d = 1.0 - np.asarray(gray, np.float64) / 255.0
+  # |dx| + |dy| overestimates an edge's length by 4 / pi on average over
+  # orientations.
+  perimeter = (np.abs(np.diff(d, axis=0)).sum() +
+               np.abs(np.diff(d, axis=1)).sum()) * np.pi / 4
+  if perimeter <= 0:
+    return float('nan')
+  return float(2.0 * d.sum() / perimeter)
+
+
+def _rescale_factor(g: np.ndarray) -> float:
+  """Factor that brings a cropped, normalized formula to the dataset scale."""
+  sw = estimate_stroke_width(g)
+  if np.isfinite(sw) and sw > DATASET_STROKE_WIDTH * STROKE_DEAD_BAND:
+    scales, widths = zip(*STROKE_WIDTH_CURVE)
+    if sw <= widths[-1]:
+      return 1.0 / float(np.interp(sw, widths, scales))
+    return widths[-1] / (scales[-1] * sw)
+  gh = estimate_glyph_height(g)
+  if np.isfinite(gh) and gh < MIN_GLYPH_HEIGHT:
+    raise ImageError(f'the glyphs are ~{gh:.0f} px high, too small to read '
+                     f'(the model was trained on ~{DATASET_GLYPH_HEIGHT:.0f} '
+                     'px); pass a higher-resolution image')
+  if np.isfinite(gh) and gh * GLYPH_DEAD_BAND < DATASET_GLYPH_HEIGHT:
+    return DATASET_GLYPH_HEIGHT / gh
+  return 1.0
+
+
+def _resize(g: np.ndarray, scale: float) -> np.ndarray:
+  h, w = g.shape
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  im = Image.fromarray(np.clip(g, 0, 255).astype(np.uint8))
+  return np.asarray(im.resize(size, Image.LANCZOS), dtype=np.float32)
+
+
+def smallest_bucket(h: int, w: int, buckets: Sequence[tuple[int, int]]
+                    ) -> tuple[int, int] | None:
+  """First bucket (in list order, as im2markup) holding an h x w image."""
+  for bh, bw in buckets:
+    if h <= bh and w <= bw:
+      return (bh, bw)
+  return None
+
+
+def normalize_image(image: np.ndarray | Image.Image, *,
+                    buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
+                    target_glyph_height: float | None = None) -> np.ndarray:
+  """Turns an arbitrary formula image into a dataset-like model input.
+
+  Args:
+    image: a PIL image or an array (see `to_grayscale`): one formula, any
+      colours, any background, any resolution.
+    buckets: (H, W) canvases, tried in order; the first that holds the ink
+      plus MARGIN on every side is used.
+    target_glyph_height: glyph height (px, as `estimate_glyph_height`
+      measures it) to rescale to; None for the dataset's DATASET_GLYPH_HEIGHT;
+      0 to keep the input's scale.
+
+  Returns:
+    uint8 [H, W], (H, W) one of `buckets`: dark ink on white (255), the ink's
+    box at (MARGIN, MARGIN).
+
+  Raises:
+    ImageError: the image is empty, blank, too small or too coarse to read, or
+      too large for the largest bucket; the message says what to do.
+  """
+  g = to_grayscale(image)
+  if g.size == 0:
+    raise ImageError('the image is empty (0 pixels); pass an image of a '
+                     'formula')
+  if min(g.shape) < MIN_SIDE:
+    raise ImageError(f'the image is {g.shape[0]}x{g.shape[1]} px, too small '
+                     f'to hold a formula (at least {MIN_SIDE} px a side); '
+                     'pass a larger crop or a higher-resolution image')
+  g = _trim_uniform_border(g)
+  # The background is what dominates the border; ink is a minority there.
+  border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+  bg = float(np.median(border))
+  if bg < 128:
+    g, bg = 255.0 - g, 255.0 - bg
+  # Contrast stretch so background -> 255 and the darkest ink -> 0 whatever
+  # the screenshot's colours were.
+  ink_level = float(np.percentile(g, 0.5))
+  if bg - ink_level < 32:
+    raise ImageError('the image is blank (no ink visibly darker or lighter '
+                     'than its background); pass an image with a formula on '
+                     'it')
+  g = np.clip((g - ink_level) * (255.0 / (bg - ink_level)), 0, 255)
+  # JPEG ringing and sensor noise on the background would enlarge the box.
+  g[g > 235] = 255
+  box = _ink_box(g)
+  if box is None:
+    raise ImageError('the image is blank after removing its background; '
+                     'pass an image with a formula on it')
+  g = g[box[0]:box[2], box[1]:box[3]]
+
+  target = DATASET_GLYPH_HEIGHT if target_glyph_height is None else float(
+      target_glyph_height)
+  if target > 0:
+    scale = _rescale_factor(g) * target / DATASET_GLYPH_HEIGHT
+    if scale != 1:
+      g = _resize(g, scale)
+      g[g > 235] = 255
+      box = _ink_box(g)
+      if box is None:
+        raise ImageError('the formula vanished when rescaled to the training '
+                         'scale; pass a higher-resolution image')
+      g = g[box[0]:box[2], box[1]:box[3]]
+
+  h, w = g.shape
+  bucket = smallest_bucket(h + 2 * MARGIN, w + 2 * MARGIN, buckets)
+  if bucket is None:
+    bh, bw = max(b[0] for b in buckets), max(b[1] for b in buckets)
+    raise ImageError(f'the formula is {h}x{w} px at the training scale, larger '
+                     f'than the largest bucket ({bh}x{bw} with a {MARGIN} px '
+                     'margin); crop the image to a single formula or split it')
+  out = np.full(bucket, 255, np.uint8)
+  out[MARGIN:MARGIN + h, MARGIN:MARGIN + w] = np.round(g).astype(np.uint8)
+  return out

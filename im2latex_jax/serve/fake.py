@@ -1,0 +1,120 @@
+"""A deterministic stand-in for `im2latex_jax.predictor.Predictor`.
+
+Used by the serving and CLI tests, and by `im2latex-jax serve --fake` to look at
+the page without a trained model. It follows the Predictor contract: it rejects
+blank and tiny images like `preprocess.normalize_image` does, crops the
+formula, and returns a fixed formula with attention that sweeps left to right.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+
+try:
+  from im2latex_jax.predictor import Prediction
+except ImportError:  # The model side is written in parallel; same fields.
+  import dataclasses
+
+  @dataclasses.dataclass
+  class Prediction:  # pytype: disable=invalid-annotation
+    latex: str
+    tokens: list[str]
+    token_probs: list[float]
+    attention: np.ndarray
+    logprob: float
+    image: np.ndarray
+    timings: dict[str, float]
+
+try:
+  from im2latex_jax.preprocess import ImageError
+except ImportError:
+
+  class ImageError(ValueError):
+    """Blank, tiny or too-large image (mirrors im2latex_jax.preprocess)."""
+
+
+FAKE_TOKENS = ("\\frac", "{", "a", "}", "{", "b", "}")
+# Two tokens below 0.7 so the page has low-confidence chips to show.
+FAKE_PROBS = (0.98, 0.99, 0.55, 0.99, 0.97, 0.64, 0.99)
+# Smallest side the real preprocessing accepts, in pixels.
+MIN_SIDE = 4
+
+
+class FakePredictor:
+  """Returns `\\frac { a } { b }` for every non-blank image.
+
+  Attributes:
+    model_id: a fixed id shown by /healthz and the page.
+    calls: the batch size of every predict() call, in order (for tests of
+      request coalescing).
+  """
+
+  model_id = "fake-frac-v1"
+
+  def __init__(self, delay_s: float = 0.0):
+    self.delay_s = delay_s
+    self.calls: list[int] = []
+    self._lock = threading.Lock()
+
+  def predict(self, images: list[np.ndarray],
+              beam_size: int = 1) -> list[Prediction]:
+    """Predicts the fixed formula for each image; raises ImageError if blank."""
+    if beam_size < 1:
+      raise ValueError(f"beam_size {beam_size} must be >= 1")
+    with self._lock:
+      self.calls.append(len(images))
+    t0 = time.perf_counter()
+    grays = [_preprocess(im) for im in images]
+    t1 = time.perf_counter()
+    if self.delay_s:
+      time.sleep(self.delay_s)
+    preds = []
+    for gray in grays:
+      t2 = time.perf_counter()
+      preds.append(Prediction(
+          latex=" ".join(FAKE_TOKENS),
+          tokens=list(FAKE_TOKENS),
+          token_probs=list(FAKE_PROBS),
+          attention=_sweep_attention(gray.shape, len(FAKE_TOKENS)),
+          logprob=float(sum(math.log(p) for p in FAKE_PROBS)),
+          image=gray,
+          timings={"preprocess": t1 - t0, "encode": 0.0,
+                   "decode": time.perf_counter() - t2,
+                   "total": time.perf_counter() - t0}))
+    return preds
+
+
+def _preprocess(image: np.ndarray) -> np.ndarray:
+  """Grayscale, blank check and crop to the ink, like normalize_image."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim not in (2, 3):
+    raise ImageError(
+        f"expected a uint8 HxW or HxWx3 image, got {image.dtype} {image.shape}")
+  gray = image if image.ndim == 2 else image[..., :3].mean(-1).astype(np.uint8)
+  if min(gray.shape) < MIN_SIDE:
+    raise ImageError(f"image {gray.shape[1]}x{gray.shape[0]} is too small; "
+                     f"both sides must be at least {MIN_SIDE} pixels")
+  ink = gray < 128
+  if not ink.any():
+    raise ImageError("the image is blank: no dark pixels found")
+  rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+  pad = 8
+  crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  return np.pad(crop, pad, constant_values=255)
+
+
+def _sweep_attention(hw: tuple[int, int], num_tokens: int) -> np.ndarray:
+  """Gaussian blobs moving left to right, one per token: [T, H, W] float32."""
+  h, w = hw
+  ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+  maps = []
+  for t in range(num_tokens):
+    cx = (t + 0.5) / num_tokens * w
+    cy = h / 2 + (h / 4) * (-1 if t % 2 else 1) * 0.5
+    m = np.exp(-(((xs - cx) / (w / 8 + 1)) ** 2 + ((ys - cy) / (h / 4 + 1)) ** 2))
+    maps.append(m / m.sum())
+  return np.stack(maps).astype(np.float32)

@@ -1,0 +1,361 @@
+"""Training and evaluation loop: `train_and_evaluate(config, workdir)`.
+
+Reads top to bottom: mesh → input pipeline → model and optimizer → sharded
+train state → update step → restore checkpoint → evaluators → train loop.
+Rerunning the same command on the same workdir resumes from the last
+checkpoint with the same parameters, optimizer and plateau state.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from im2latex_jax import checkpointing
+from im2latex_jax import models
+from im2latex_jax import optim
+from im2latex_jax import sharding
+from im2latex_jax import writers
+from im2latex_jax.data import vocab as vocab_lib
+
+Batch = dict[str, Any]
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; arrays only."""
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  plateau: PyTree
+
+
+def token_losses(logits: jax.Array, batch: Batch):
+  """Per-token cross-entropy, weights and correctness for teacher forcing."""
+  targets = batch["tokens"][:, 1:]
+  weights = (targets != vocab_lib.PAD) * batch["weight"][:, None]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, -1) == targets)
+  return ce, weights, correct
+
+
+def _variables(state_or_params, batch_stats):
+  return {"params": state_or_params, "batch_stats": batch_stats}
+
+
+def make_init_fn(model, tx, plateau, cfg: ml_collections.ConfigDict, sample_hw):
+  """init(rng) -> TrainState; jit it with out_shardings to place it."""
+  h, w = sample_hw
+
+  def init(rng):
+    init_rng, scheme_rng = jax.random.split(rng)
+    variables = model.init({"params": init_rng}, jnp.zeros((1, h, w, 1), jnp.uint8),
+                           jnp.array([[h, w]], jnp.int32), jnp.zeros((1, 4), jnp.int32))
+    params = models.apply_init_scheme(variables["params"], cfg.model, scheme_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params), plateau=plateau.init(params))
+  return init
+
+
+def make_train_step(model, tx, lr_fn: Callable, base_rng: jax.Array):
+  """(state, batch) -> (state, metric sums). The caller jits it."""
+
+  def train_step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+
+    def loss_fn(params):
+      logits, new_vars = model.apply(
+          _variables(params, state.batch_stats), batch["image"], batch["image_hw"],
+          batch["tokens"][:, :-1], train=True, mutable=["batch_stats"],
+          rngs={"dropout": rng})
+      ce, weights, correct = token_losses(logits, batch)
+      loss_sum = jnp.sum(ce * weights)
+      ntok = jnp.sum(weights)
+      return loss_sum / jnp.maximum(ntok, 1.0), (new_vars, loss_sum, ntok,
+                                                  jnp.sum(correct * weights))
+
+    grads, (new_vars, loss_sum, ntok, ncorrect) = jax.grad(loss_fn, has_aux=True)(state.params)
+    directions, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = lr_fn(state.step) * state.plateau.scale
+    params = jax.tree.map(lambda p, d: p - lr * d, state.params, directions)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+    new = state.replace(step=state.step + 1, params=params,
+                        batch_stats=new_vars.get("batch_stats", state.batch_stats),
+                        opt_state=opt_state)
+    # A non-finite step leaves the state untouched; the host stops at the next
+    # log step and names the first bad step (the last checkpoint stays good).
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    new = new.replace(step=state.step + 1)
+    metrics = {
+        "loss_sum": loss_sum, "tokens": ntok, "correct": ncorrect,
+        "examples": jnp.sum(batch["weight"]), "steps": jnp.ones(()),
+        "grad_norm_sum": grad_norm, "lr": lr,
+        "first_nonfinite": jnp.where(ok, jnp.iinfo(jnp.int32).max, state.step),
+    }
+    return new, metrics
+
+  return train_step
+
+
+def merge_train_metrics(acc, m):
+  """Sums, except lr (last) and first_nonfinite (min)."""
+  if acc is None:
+    return m
+  out = {k: acc[k] + m[k] for k in m if k not in ("lr", "first_nonfinite")}
+  out["lr"] = m["lr"]
+  out["first_nonfinite"] = jnp.minimum(acc["first_nonfinite"], m["first_nonfinite"])
+  return out
+
+
+def make_eval_step(model):
+  def eval_step(state: TrainState, batch: Batch):
+    logits = model.apply(_variables(state.params, state.batch_stats), batch["image"],
+                         batch["image_hw"], batch["tokens"][:, :-1], train=False)
+    ce, weights, correct = token_losses(logits, batch)
+    return {"loss_sum": jnp.sum(ce * weights), "tokens": jnp.sum(weights),
+            "correct": jnp.sum(correct * weights), "examples": jnp.sum(batch["weight"])}
+  return eval_step
+
+
+def evaluate_loss(eval_step, state, batches, mesh) -> dict[str, float]:
+  """Teacher-forced loss, perplexity and token accuracy over a finite split."""
+  acc = None
+  for batch in batches:
+    m = eval_step(state, sharding.shard_batch(batch, mesh))
+    acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+  acc = jax.device_get(acc)
+  ntok = max(float(acc["tokens"]), 1.0)
+  loss = float(acc["loss_sum"]) / ntok
+  return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+          "token_accuracy": float(acc["correct"]) / ntok,
+          "examples": float(acc["examples"])}
+
+
+def param_count(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def save_run_files(workdir: str, config: ml_collections.ConfigDict, vocab) -> None:
+  """config.json and vocab.txt beside the checkpoints (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  vocab_path = os.path.join(workdir, vocab_lib.VOCAB_FILENAME)
+  if not os.path.exists(vocab_path):
+    vocab.save(vocab_path)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_workdir_vocab(workdir: str):
+  path = os.path.join(workdir, vocab_lib.VOCAB_FILENAME)
+  return vocab_lib.Vocab.load(path) if os.path.exists(path) else None
+
+
+def build_model_and_optimizer(config: ml_collections.ConfigDict, vocab_size: int):
+  model = models.get_model(config.model, vocab_size)
+  tx = optim.make_direction(config.optim)
+  plateau = optim.make_plateau(config.optim)
+  return model, tx, plateau
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       train_iter: Iterator[Batch] | None = None,
+                       eval_batches_fn: Callable[[], Any] | None = None,
+                       vocab: vocab_lib.Vocab | None = None,
+                       steps_per_epoch: int | None = None) -> dict[str, Any]:
+  """Trains, evaluates and checkpoints in `workdir`; returns the final metrics.
+
+  Args:
+    config: a config from configs/ (see im2latex_jax/defaults.py).
+    workdir: checkpoints, logs, config and vocabulary go here.
+    train_iter: optional iterator of numpy batches (the TF-free path); the
+      default reads TFDS through tf.data (data/input_pipeline.py).
+    eval_batches_fn: optional callable returning an iterable of eval batches.
+    vocab: required together with train_iter.
+    steps_per_epoch: with train_iter, for epoch-based lengths.
+  """
+  workdir = os.path.abspath(workdir)
+  # ------------------------------------------------------------------ mesh
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.input.batch_size, mesh)
+  sharding.check_batch_size(config.input.eval_batch_size, mesh, "config.input.eval_batch_size")
+  logging.info("Mesh: %d devices (%d processes), backend %s.", mesh.devices.size,
+               jax.process_count(), jax.default_backend())
+
+  # -------------------------------------------------------- input pipeline
+  saved_vocab = load_workdir_vocab(workdir)
+  data = None
+  if train_iter is None:
+    from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    data = input_pipeline.get_data(config.input, vocab=saved_vocab)
+    vocab = data.vocab
+    steps_per_epoch = max(data.num_train // config.input.batch_size, 1)
+    logging.info("Train keys (HxW/T: count): %s",
+                 input_pipeline.describe_counts(data.keys, data.train_counts))
+  else:
+    if vocab is None:
+      raise ValueError("train_and_evaluate(train_iter=...) needs vocab=.")
+    if saved_vocab is not None and saved_vocab != vocab:
+      raise ValueError(f"The vocabulary passed differs from {workdir}/vocab.txt.")
+  save_run_files(workdir, config, vocab)
+
+  if config.num_train_steps > 0:
+    num_steps = int(config.num_train_steps)
+  else:
+    num_steps = int(config.num_epochs * (steps_per_epoch or 1))
+
+  # --------------------------------------------------- model and optimizer
+  model, tx, plateau = build_model_and_optimizer(config, len(vocab))
+  lr_fn = optim.make_lr_schedule(config.optim)
+
+  # ----------------------------------------------------- sharded train state
+  repl = sharding.replicated(mesh)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  sample_hw = data.keys.image_buckets[0] if data is not None else (32, 128)
+  init_fn = make_init_fn(model, tx, plateau, config, sample_hw)
+  abstract = jax.eval_shape(init_fn, init_rng)
+  state = jax.jit(init_fn, out_shardings=repl)(init_rng)
+  logging.info("Model %s: %s parameters, vocabulary %d.", config.model.name,
+               f"{param_count(state.params):,}", len(vocab))
+
+  # ------------------------------------------------------------ update step
+  train_step = jax.jit(make_train_step(model, tx, lr_fn, step_rng),
+                       in_shardings=(repl, sharding.data_sharded(mesh)),
+                       out_shardings=(repl, repl), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, sharding.data_sharded(mesh)),
+                      out_shardings=repl)
+  merge = jax.jit(merge_train_metrics, out_shardings=repl)
+  metric_name = config.optim.plateau.metric
+  update_plateau = jax.jit(
+      lambda st, v: st.replace(plateau=optim.update_plateau(plateau, st.plateau, "loss", v)),
+      out_shardings=repl, donate_argnums=0)
+
+  # ------------------------------------------------------ restore checkpoint
+  mngr = checkpointing.make_manager(workdir, metric_name, config.ckpt.keep_best)
+  start_step = 0
+  if mngr.latest_step() is not None:
+    shardings = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                             abstract)
+    state, meta = checkpointing.restore(mngr, mngr.latest_step(), shardings)
+    start_step = int(state.step)
+    logging.info("Resumed from %s at step %d (lr scale %.4g).", mngr.directory, start_step,
+                 float(state.plateau.scale))
+  writer = writers.MetricWriter(workdir, config, config.wandb)
+  if start_step >= num_steps:
+    logging.info("Already trained for %d >= %d steps; nothing to do.", start_step, num_steps)
+
+  if train_iter is None:
+    from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    train_iter = input_pipeline.create_train_iterator(
+        data, config.input, global_batch_size=config.input.batch_size,
+        seed=config.seed, start_step=start_step)
+
+  # -------------------------------------------------------------- evaluators
+  if eval_batches_fn is None and data is not None:
+    from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    def eval_batches_fn():
+      ds, _, _ = input_pipeline.create_eval_dataset(
+          data, config.input, config.input.eval_split,
+          global_batch_size=config.input.eval_batch_size,
+          max_examples=config.eval_max_examples)
+      return ds.as_numpy_iterator()
+
+  decode_eval = None
+  if config.evals.decode_every_steps and data is not None:
+    from im2latex_jax import evaluators  # pylint: disable=g-import-not-at-top
+    decode_eval = evaluators.DecodeEvaluator(model, vocab, data, config, mesh)
+
+  def run_evals(state, step) -> dict[str, float]:
+    metrics = {}
+    if eval_batches_fn is not None:
+      t = time.time()
+      metrics = evaluate_loss(eval_step, state, eval_batches_fn(), mesh)
+      logging.info("[%d] eval loss %.4f ppl %.2f tok-acc %.3f (%d ex, %.1fs)", step,
+                   metrics["loss"], metrics["perplexity"], metrics["token_accuracy"],
+                   metrics["examples"], time.time() - t)
+    if decode_eval is not None and (step % config.evals.decode_every_steps == 0
+                                    or step == num_steps):
+      metrics.update(decode_eval.run(state))
+    return metrics
+
+  # -------------------------------------------------------------- train loop
+  logging.info("Training %s for steps %d..%d.", config.model.name, start_step, num_steps)
+  acc, shapes = None, set()
+  t0, last_log_t, last_log_step = time.time(), time.time(), start_step
+  final: dict[str, Any] = {}
+  step = start_step
+  try:
+    while step < num_steps:
+      batch = next(train_iter)
+      shapes.add((batch["image"].shape[1:3], batch["tokens"].shape[1]))
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, m = train_step(state, sharding.shard_batch(batch, mesh))
+      acc = merge(acc, m)
+      step += 1
+      if step % config.log_every_steps == 0 or step == num_steps:
+        host = jax.device_get(acc)
+        acc = None
+        if host["first_nonfinite"] < np.iinfo(np.int32).max:
+          raise FloatingPointError(
+              f"Non-finite loss or gradient at step {int(host['first_nonfinite'])}; "
+              f"training stopped. The last good checkpoint in {mngr.directory} is "
+              "untouched (that step's update was not applied). Lower config.optim.lr "
+              "or enable clipping.")
+        now = time.time()
+        sps = (step - last_log_step) / max(now - last_log_t, 1e-9)
+        train_m = {"loss": host["loss_sum"] / max(host["tokens"], 1),
+                   "token_accuracy": host["correct"] / max(host["tokens"], 1),
+                   "grad_norm": host["grad_norm_sum"] / host["steps"], "lr": host["lr"],
+                   "steps_per_sec": sps, "examples_per_sec": sps * config.input.batch_size,
+                   "distinct_shapes": len(shapes),
+                   "param_norm": float(optax.global_norm(state.params))}
+        writer.write(step, train_m, prefix="train/")
+        eta = (num_steps - step) / max(sps, 1e-9)
+        logging.info("[%d/%d] loss %.4f tok-acc %.3f lr %.3g | %.2f steps/s, %.1f ex/s, "
+                     "%d shapes, ETA %s", step, num_steps, train_m["loss"],
+                     train_m["token_accuracy"], train_m["lr"], sps,
+                     train_m["examples_per_sec"], len(shapes), _fmt_time(eta))
+        last_log_t, last_log_step = now, step
+        final.update({f"train_{k}": v for k, v in train_m.items()})
+      if step % config.eval_every_steps == 0 or step == num_steps:
+        metrics = run_evals(state, step)
+        if metrics:
+          writer.write(step, metrics, prefix="eval/")
+          if metric_name in metrics:
+            state = update_plateau(state, optim.plateau_value(metric_name, metrics[metric_name]))
+          final.update(metrics)
+        metrics["lr_scale"] = float(state.plateau.scale)
+        checkpointing.save(mngr, step, state, {k: float(v) for k, v in metrics.items()})
+  finally:
+    mngr.wait_until_finished()
+    writer.close()
+  final = {k: float(np.asarray(v)) for k, v in final.items()}
+  final.update(step=step, wall_time_s=time.time() - t0, distinct_shapes=len(shapes),
+               lr_scale=float(state.plateau.scale))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump({k: float(np.asarray(v)) for k, v in final.items()}, f, indent=2)
+  return final
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

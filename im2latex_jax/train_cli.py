@@ -1,0 +1,47 @@
+"""`im2latex-jax train --config FILE[:arg] --workdir DIR [--config.a.b=v ...]`."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, vocabulary.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _main(argv):
+  del argv
+  from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import train  # pylint: disable=g-import-not-at-top
+  sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
+  logging.info("Config:\n%s", _CONFIG.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    # Expected user errors: one clear line, no stack trace.
+    logging.error("%s", e)
+    sys.stderr.write(f"error: {e}\n")
+    return 1
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  rc = 0
+
+  def wrapped(a):
+    nonlocal rc
+    rc = _main(a)
+  try:
+    app.run(wrapped, argv=argv)
+  except SystemExit as e:
+    return int(e.code or rc)
+  return rc

@@ -1,0 +1,125 @@
+"""Model shapes, parameter count, masking and the decode-step contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from im2latex_jax import defaults
+from im2latex_jax import models
+from im2latex_jax.data import buckets
+
+from conftest import tiny_config
+
+
+def _init(model, h=40, w=160, t=6, b=2):
+  img = jnp.full((b, h, w, 1), 255, jnp.uint8)
+  hw = jnp.tile(jnp.array([[h, w]]), (b, 1))
+  return model.init(jax.random.key(0), img, hw, jnp.zeros((b, t), jnp.int32))
+
+
+def test_im2markup_parameter_count_matches_paper():
+  cfg = defaults.base_config()
+  model = models.get_model(cfg.model, 500)
+  variables = jax.eval_shape(lambda: _init(model))
+  n = sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
+  # shared/DESIGN.md: ~9.4 M parameters for a ~500-token vocabulary.
+  assert 9.2e6 < n < 9.7e6, n
+
+
+@pytest.mark.parametrize("name", ["im2markup", "baseline"])
+def test_output_shapes_per_bucket(name):
+  cfg = tiny_config()
+  cfg.model.name = name
+  if name == "baseline":
+    cfg.model.cnn_features = (4, 8, 8, 8)
+    cfg.model.resize_hw = (32, 128)
+  model = models.get_model(cfg.model, 30)
+  variables = _init(model)
+  for h, w in buckets.IM2MARKUP_BUCKETS[:4]:
+    img = jnp.full((3, h, w, 1), 200, jnp.uint8)
+    hw = jnp.array([[h, w], [h - 5, w // 2], [h, w]])
+    logits = model.apply(variables, img, hw, jnp.zeros((3, 7), jnp.int32))
+    assert logits.shape == (3, 7, 30)
+    enc = model.apply(variables, img, hw, method=model.encode)
+    fh, fw = (int(v) for v in enc["feature_hw"][0])
+    assert enc["memory"].shape[:2] == (3, fh * fw) and enc["mask"].shape == (3, fh * fw)
+    if name == "im2markup":
+      assert (fh, fw) == (h // 8, w // 8)
+      # The half-width image masks the right half of the feature grid.
+      assert enc["mask"][1].reshape(fh, fw)[:, : fw // 2].all()
+      assert not enc["mask"][1].reshape(fh, fw)[:, fw // 2 + 1:].any()
+
+
+def test_unknown_model_name():
+  cfg = tiny_config()
+  cfg.model.name = "transformerz"
+  with pytest.raises(ValueError, match="Unknown config.model.name 'transformerz'"):
+    models.get_model(cfg.model, 10)
+
+
+def test_decode_step_matches_teacher_forcing():
+  cfg = tiny_config()
+  model = models.get_model(cfg.model, 25)
+  variables = _init(model)
+  rng = np.random.default_rng(0)
+  img = jnp.asarray(rng.integers(0, 256, (2, 40, 160, 1)), jnp.uint8)
+  hw = jnp.array([[40, 160], [32, 100]])
+  toks = jnp.asarray(rng.integers(0, 25, (2, 5)), jnp.int32)
+  logits = model.apply(variables, img, hw, toks)
+  enc = model.apply(variables, img, hw, method=model.encode)
+  carry = model.apply(variables, enc, method=model.init_carry)
+  for t in range(5):
+    step_logits, carry, attn = model.apply(variables, enc, carry, toks[:, t],
+                                           method=model.decode_step)
+    np.testing.assert_allclose(step_logits, logits[:, t], atol=1e-5)
+    np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-5)
+    assert float(jnp.abs(attn * ~enc["mask"]).max()) == 0.0  # no weight on padding
+
+
+def test_padding_content_does_not_change_output():
+  """Pixels outside image_hw and memory cells outside the mask are ignored."""
+  cfg = tiny_config()
+  model = models.get_model(cfg.model, 25)
+  variables = _init(model)
+  rng = np.random.default_rng(1)
+  img = np.full((1, 40, 160, 1), 255, np.uint8)
+  img[0, :30, :100] = rng.integers(0, 256, (30, 100, 1))
+  noisy = img.copy()
+  noisy[0, 30:, :] = rng.integers(0, 256, (10, 160, 1))
+  noisy[0, :, 100:] = rng.integers(0, 256, (40, 60, 1))
+  hw = jnp.array([[30, 100]])
+  toks = jnp.asarray(rng.integers(0, 25, (1, 6)), jnp.int32)
+  a = model.apply(variables, jnp.asarray(img), hw, toks)
+  b = model.apply(variables, jnp.asarray(noisy), hw, toks)
+  np.testing.assert_array_equal(a, b)
+
+  enc = model.apply(variables, jnp.asarray(img), hw, method=model.encode)
+  junk = dict(enc)
+  junk["memory"] = jnp.where(enc["mask"][..., None], enc["memory"], 1e3)
+  junk["keys"] = jnp.where(enc["mask"][..., None], enc["keys"], -1e3)
+  carry = model.apply(variables, enc, method=model.init_carry)
+  l1, _, _ = model.apply(variables, enc, carry, toks[:, 0], method=model.decode_step)
+  l2, _, _ = model.apply(variables, junk, carry, toks[:, 0], method=model.decode_step)
+  np.testing.assert_allclose(l1, l2, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "conv_he", "default"])
+def test_init_schemes(scheme):
+  cfg = tiny_config()
+  cfg.model.init = scheme
+  model = models.get_model(cfg.model, 25)
+  params = _init(model)["params"]
+  out = models.apply_init_scheme(params, cfg.model, jax.random.key(1))
+  dec = out["cell"]["out"]["kernel"]
+  conv = out["cnn"]["conv0"]["kernel"]
+  bn_scale = out["cnn"]["bn2"]["scale"]
+  np.testing.assert_array_equal(bn_scale, 1.0)  # BatchNorm starts as identity
+  if scheme == "uniform":
+    assert float(jnp.abs(dec).max()) <= 0.05 and float(jnp.abs(conv).max()) <= 0.05
+    assert float(jnp.abs(conv).max()) > 0.04
+  elif scheme == "conv_he":
+    np.testing.assert_array_equal(dec, params["cell"]["out"]["kernel"])
+    assert float(jnp.std(conv)) == pytest.approx(np.sqrt(2 / 9), rel=0.35)
+  else:
+    np.testing.assert_array_equal(conv, params["cnn"]["conv0"]["kernel"])

@@ -1,0 +1,166 @@
+"""Tests for im2latex_jax.preprocess: user images -> dataset-like inputs.
+
+Fixtures are six processed im2latex-100k train images (tests/fixtures/images).
+Each is disguised as a user image (off-centre on a large canvas, rescaled,
+inverted, a coloured RGB screenshot with a frame) and must come back to within
+a few pixels of the original ink box, on the original bucket.
+"""
+
+import pathlib
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from im2latex_jax import preprocess
+
+FIXTURES = sorted(
+    (pathlib.Path(__file__).parent / 'fixtures' / 'images').glob('*.png'))
+
+
+def _ink_box(a):
+  ys, xs = np.nonzero(np.asarray(a) < preprocess.INK_THRESHOLD)
+  return np.array([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
+
+
+def _crop(a):
+  t, l, b, r = _ink_box(a)
+  return a[t:b, l:r]
+
+
+def _shifted(a):
+  c = _crop(a)
+  out = np.full((c.shape[0] * 3 + 60, c.shape[1] * 2 + 80), 255, np.uint8)
+  out[37:37 + c.shape[0], 61:61 + c.shape[1]] = c
+  return out
+
+
+def _scaled(a, s):
+  im = Image.fromarray(a)
+  size = (round(a.shape[1] * s), round(a.shape[0] * s))
+  return np.asarray(im.resize(size, Image.LANCZOS))
+
+
+def _screenshot(a):
+  f = a.astype(np.float32)[..., None] / 255.0
+  bg = np.array([250, 240, 200], np.float32)
+  ink = np.array([20, 30, 120], np.float32)
+  rgb = np.pad(ink + (bg - ink) * f, ((20, 30), (15, 25), (0, 0)), mode='edge')
+  rgb[:20], rgb[-30:], rgb[:, :15], rgb[:, -25:] = bg, bg, bg, bg
+  # A uniform grey window frame around the screenshot.
+  rgb = np.pad(rgb, ((3, 3), (3, 3), (0, 0)), constant_values=128)
+  return Image.fromarray(np.round(rgb).astype(np.uint8), 'RGB')
+
+
+TRANSFORMS = {
+    'identity': lambda a: a,
+    'shifted': _shifted,
+    'inverted': lambda a: 255 - a,
+    'screenshot_rgb': _screenshot,
+    'upscaled_2x': lambda a: _scaled(a, 2.0),
+    'downscaled_0.5x': lambda a: _scaled(a, 0.5),
+}
+# Max error (px) of any side of the ink box. Rescaled inputs are only as
+# good as the scale estimate (stroke width for 2x: ~1 % spread; glyph height
+# for 0.5x: quantized to 1 px at half resolution).
+TOLERANCE = {'upscaled_2x': (3, 0.03), 'downscaled_0.5x': (3, 0.06)}
+
+
+def test_fixtures_present():
+  assert len(FIXTURES) >= 5
+
+
+@pytest.mark.parametrize('name', list(TRANSFORMS))
+@pytest.mark.parametrize('path', FIXTURES, ids=lambda p: p.name)
+def test_round_trip(path, name):
+  a = np.asarray(Image.open(path))
+  out = preprocess.normalize_image(TRANSFORMS[name](a))
+  assert out.dtype == np.uint8 and out.shape == a.shape
+  abs_tol, rel_tol = TOLERANCE.get(name, (2, 0.0))
+  err = np.abs(_ink_box(out) - _ink_box(a)).max()
+  assert err <= abs_tol + rel_tol * a.shape[1], (name, _ink_box(out),
+                                                 _ink_box(a))
+  np.testing.assert_array_equal(_ink_box(out)[:2], [preprocess.MARGIN] * 2)
+
+
+def test_dataset_image_is_a_fixed_point():
+  a = np.asarray(Image.open(FIXTURES[0]))
+  out = preprocess.normalize_image(a)
+  assert np.abs(out.astype(int) - a.astype(int)).mean() < 2.0
+
+
+def _formula_rgb():
+  return np.stack([np.asarray(Image.open(FIXTURES[0]))] * 3, -1)
+
+
+@pytest.mark.parametrize('mode', ['1', 'L', 'LA', 'P', 'RGB', 'RGBA', 'CMYK',
+                                  'I;16', 'I', 'F'])
+def test_pil_modes(mode):
+  ref = preprocess.normalize_image(Image.fromarray(_formula_rgb()))
+  im = Image.fromarray(_formula_rgb())
+  if mode in ('I;16', 'I'):
+    im = Image.fromarray(np.asarray(im.convert('L')).astype(np.uint16) * 257)
+    im = im.convert(mode) if mode == 'I' else im
+  else:
+    im = im.convert(mode)
+  out = preprocess.normalize_image(im)
+  assert out.shape == ref.shape
+  assert np.abs(_ink_box(out) - _ink_box(ref)).max() <= 2
+
+
+def test_transparent_png_composited_on_white():
+  # Black ink drawn only through alpha, as many web renderers export it.
+  gray = np.asarray(Image.open(FIXTURES[0]))
+  rgba = np.zeros(gray.shape + (4,), np.uint8)
+  rgba[..., 3] = 255 - gray
+  out = preprocess.normalize_image(rgba)
+  assert out.shape == gray.shape
+  assert np.abs(_ink_box(out) - _ink_box(gray)).max() <= 2
+
+
+def test_arrays_uint16_and_float():
+  gray = np.asarray(Image.open(FIXTURES[0]))
+  ref = preprocess.normalize_image(gray)
+  for a in (gray.astype(np.uint16) * 257, gray.astype(np.float32) / 255):
+    np.testing.assert_allclose(preprocess.normalize_image(a), ref, atol=1)
+
+
+@pytest.mark.parametrize('image,match', [
+    (np.zeros((0, 0), np.uint8), 'empty'),
+    (np.full((100, 300), 255, np.uint8), 'blank'),
+    (np.full((100, 300), 17, np.uint8), 'blank'),
+    (np.zeros((2, 50), np.uint8), 'too small'),
+    (np.zeros((5, 5, 7), np.uint8), 'shape'),
+])
+def test_errors(image, match):
+  with pytest.raises(preprocess.ImageError, match=match):
+    preprocess.normalize_image(image)
+
+
+def test_too_large():
+  a = np.asarray(Image.open(FIXTURES[0]))
+  tiled = np.tile(_crop(a), (1, 8))  # ~8 formulas side by side: > 800 px
+  with pytest.raises(preprocess.ImageError, match='larger than the largest'):
+    preprocess.normalize_image(tiled)
+
+
+def test_unsupported_mode():
+  with pytest.raises(preprocess.ImageError, match='not supported'):
+    preprocess.normalize_image(Image.new('HSV', (50, 50)))
+
+
+def test_target_glyph_height_scales_output():
+  a = np.asarray(Image.open(FIXTURES[0]))
+  big = preprocess.normalize_image(
+      a, target_glyph_height=2 * preprocess.DATASET_GLYPH_HEIGHT)
+  box, box2 = _ink_box(a), _ink_box(big)
+  w, w2 = box[3] - box[1], box2[3] - box2[1]
+  assert abs(w2 - 2 * w) <= 4
+
+
+def test_buckets_follow_im2markup_order():
+  assert preprocess.smallest_bucket(30, 100, preprocess.DEFAULT_BUCKETS) == (
+      50, 120)
+  assert preprocess.smallest_bucket(30, 130, preprocess.DEFAULT_BUCKETS) == (
+      40, 160)
+  assert preprocess.smallest_bucket(900, 10, preprocess.DEFAULT_BUCKETS) is None
