@@ -6,6 +6,9 @@ a sweep fails loudly against the locked config).
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+from im2latex_jax import augment_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -16,9 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.input = ml_collections.ConfigDict()
   # Source: None downloads the official release; a path is a manual dir in the
   # official layout; 'embedded' is the small set shipped in the package.
+  c.input.manual_dir = placeholder(str)
   c.input.manual_dir = "embedded"
   # Where TFDS prepares the data (None: ~/tensorflow_datasets/…, per source).
-  c.input.data_dir = None
+  c.input.data_dir = placeholder(str)
   c.input.train_split = "train"
   c.input.eval_split = "validation"
   # Vocabulary: tokens of this split seen at least vocab_min_count times.
@@ -41,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.eval_filter = ml_collections.ConfigDict(
       dict(enabled=True, max_height=160, max_width=500, max_tokens=150))
   # Online augmentation (im2latex_jax/augment.py); off in the paper configs.
-  c.input.augment = ml_collections.ConfigDict(dict(enabled=False))
+  c.input.augment = augment_config.default_config()
 
   c.model = ml_collections.ConfigDict()
   # 'im2markup' or 'baseline'.
@@ -97,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluation (validation loss/perplexity) and checkpoint cadence, in steps.
   c.eval_every_steps = 1000
   # Evaluate at most this many examples per evaluation (None: all).
-  c.eval_max_examples = None
+  c.eval_max_examples = placeholder(int)
 
   c.evals = ml_collections.ConfigDict()
   # Decoding evaluator during training (greedy): cadence in steps (0: off).
@@ -115,7 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   # 'auto' (online if WANDB_API_KEY is set, else offline), 'online', 'offline', 'disabled'.
   c.wandb.mode = "auto"
   c.wandb.project = "im2latex-jax"
-  c.wandb.entity = None
-  c.wandb.group = None
-  c.wandb.name = None
+  c.wandb.entity = placeholder(str)
+  c.wandb.group = placeholder(str)
+  c.wandb.name = placeholder(str)
   return c

@@ -202,7 +202,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # -------------------------------------------------------- input pipeline
   saved_vocab = load_workdir_vocab(workdir)
   data = None
-  if train_iter is None:
+  make_train_iter = None
+  if train_iter is None and config.input.get("loader", "tfds") != "tfds":
+    # The TF-free path (numpy shards or fake data): no TensorFlow import.
+    from im2latex_jax.data import shards  # pylint: disable=g-import-not-at-top
+    shard_data = shards.get_data(config.input)
+    if saved_vocab is not None and saved_vocab != shard_data.vocab:
+      raise ValueError(f"The vocabulary of the shards differs from {workdir}/vocab.txt.")
+    vocab = shard_data.vocab
+    steps_per_epoch = max(shard_data.num_train // config.input.batch_size, 1)
+
+    def make_train_iter(start_step):
+      return shards.train_iterator(
+          shard_data, global_batch_size=config.input.batch_size, seed=config.seed,
+          start_step=start_step, process_index=jax.process_index(),
+          process_count=jax.process_count())
+
+    if eval_batches_fn is None and config.input.eval_split in shard_data.splits:
+      def eval_batches_fn():
+        return shards.eval_batches(
+            shard_data, config.input.eval_split,
+            global_batch_size=config.input.eval_batch_size,
+            max_examples=config.eval_max_examples, process_index=jax.process_index(),
+            process_count=jax.process_count())
+  elif train_iter is None:
     from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     data = input_pipeline.get_data(config.input, vocab=saved_vocab)
     vocab = data.vocab
@@ -262,7 +285,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if start_step >= num_steps:
     logging.info("Already trained for %d >= %d steps; nothing to do.", start_step, num_steps)
 
-  if train_iter is None:
+  if make_train_iter is not None:
+    train_iter = make_train_iter(start_step)
+  elif train_iter is None:
     from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     train_iter = input_pipeline.create_train_iterator(
         data, config.input, global_batch_size=config.input.batch_size,

@@ -44,4 +44,11 @@ def main(argv: list[str]) -> int:
     app.run(wrapped, argv=argv)
   except SystemExit as e:
     return int(e.code or rc)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    # Raised while absl parses `--config.a.b=v` overrides against the locked
+    # config: a typo or a wrong type. One line, with ml_collections' hint.
+    msg = str(e).replace("\\n", " ").replace("\\'", "'").strip("'\" ")
+    sys.stderr.write(f"error: bad config override: {msg}. List the keys with "
+                     "`python -c \"import runpy; print(runpy.run_path('CONFIG')['get_config']())\"`.\n")
+    return 2
   return rc

@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from im2latex_jax.data import buckets as buckets_lib
+from im2latex_jax.data import shards
 from im2latex_jax.data import vocab as vocab_lib
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(__file__), "embedded")
@@ -259,24 +260,21 @@ def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
     base = base.cache()
 
   augment_fn = None
-  if cfg.augment.get("enabled", False):
+  if cfg.augment.enabled:
     from im2latex_jax import augment as augment_lib  # pylint: disable=g-import-not-at-top
     augment_fn = functools.partial(augment_lib.augment, cfg=cfg.augment)
 
-  # One shared, seeded key schedule: step s uses key choice(s) on every host.
-  logits = tf.math.log(tf.constant(counts[active], tf.float64))
+  # One shared, seeded key schedule: step s uses key schedule(s) on every host.
+  # It is numpy (data/shards.py), so the TF-free loader draws the same keys.
+  weights = counts[active]
 
-  def choice_fn(s):
-    return tf.cast(tf.random.stateless_categorical(
-        logits[None], 1, seed=tf.stack([tf.cast(seed, tf.int64), s]))[0, 0], tf.int64)
+  def choice_chunk(steps):
+    return shards.key_schedule(seed, weights, int(steps[0]), len(steps))
 
   # On resume, each stream skips the batches the first `start_step` steps took
   # from it, so an interrupted run sees exactly the batches of an
   # uninterrupted one (the skip happens before decoding, so it is cheap).
-  consumed = np.zeros(len(active), np.int64)
-  if start_step:
-    for c in tf.data.Dataset.range(start_step).map(choice_fn).batch(1 << 16).as_numpy_iterator():
-      consumed += np.bincount(c, minlength=len(active))
+  consumed = shards.consumed_per_key(seed, weights, start_step)
 
   streams = []
   for i, k in enumerate(active):
@@ -292,7 +290,8 @@ def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
     ds = ds.map(lambda n, ex: {k_: v for k_, v in ex.items() if k_ != "key"})
     streams.append(ds.batch(local_bs, drop_remainder=True))
 
-  choice = tf.data.Dataset.range(start_step, 1 << 62).map(choice_fn)
+  choice = tf.data.Dataset.range(start_step, 1 << 62).batch(shards.SCHEDULE_BLOCK).map(
+      lambda s: tf.reshape(tf.numpy_function(choice_chunk, [s], tf.int64), [-1])).unbatch()
   ds = tf.data.Dataset.choose_from_datasets(streams, choice, stop_on_empty_dataset=True)
   ds = ds.prefetch(cfg.prefetch)
   return ds.as_numpy_iterator()

@@ -1,0 +1,429 @@
+"""`im2latex-jax bench`: how fast the train step, decoding and input are here.
+
+  im2latex-jax bench [--config configs/fake_bench.py[:bf16]] [--out bench.json]
+                     [--steps N] [--skip-torch] [--keys all|main] [--config.x=y ...]
+
+Prints and writes one JSON object:
+- `peak`: the machine's measured matmul rate (fp32, and bf16 off CPU), the
+  yardstick for every `frac_of_peak`;
+- `train`: per key (bucket shape) the median step time over --steps after
+  warm-up, samples/s, compile time, XLA's FLOPs per step (cost analysis of
+  the compiled step) and the fraction of peak; `retraces_after_warmup` (must
+  be 0: every key is compiled once, then only cache hits);
+- `cnn`: the CNN alone, forward + backward on the main key: FLOPs, time and
+  fraction of peak (the part that should run near peak);
+- `shapes`: distinct step shapes in one epoch of the key schedule;
+- `torch`: the PyTorch twin (benchmarks/torch_reference.py) on the same main
+  batch, and the JAX/PyTorch speed ratios for the train step and greedy decode;
+- `decoding`: single-image latency p50/p95 (greedy, beam 5) and batched
+  images/s (benchmarks/latency.py when present, else measured here);
+- `input`: images/s of the TF-free loader and of tf.data (when installed).
+
+Needs neither TensorFlow nor wandb unless the config's loader is 'tfds'.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "fake_bench.py")
+# The headline shape of the task: batch 32, 50x200 images, 100 target tokens.
+MAIN_SHAPE = (50, 200)
+
+
+# ---------------------------------------------------------------- helpers
+def _median_time(fn: Callable[[], Any], reps: int, warmup: int = 1) -> tuple[float, list[float]]:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return statistics.median(times), times
+
+
+def _flops(jitted, *args) -> float:
+  """XLA's FLOP count of the compiled computation (0 when unavailable)."""
+  try:
+    cost = jitted.lower(*args).compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return 0.0
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def measure_peak(dtype, n: int | None = None, reps: int = 5) -> dict[str, float]:
+  """FLOP/s of one large square matmul in `dtype` on the default device."""
+  if n is None:
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+  # Chain a few products in one call so launch overhead does not count.
+  k = 1 if jax.default_backend() == "cpu" else 10
+
+  @jax.jit
+  def mm(a, b):
+    def body(i, acc):
+      return acc + jnp.dot(a + i.astype(dtype), b, preferred_element_type=jnp.float32)
+    return jax.lax.fori_loop(0, k, body, jnp.zeros((n, n), jnp.float32))
+  t, _ = _median_time(lambda: mm(a, b), reps, warmup=2)
+  return {"n": n, "dtype": jnp.dtype(dtype).name, "seconds": t / k,
+          "flops_per_s": 2.0 * n ** 3 * k / t}
+
+
+def machine() -> dict[str, Any]:
+  d = jax.devices()[0]
+  return {"backend": jax.default_backend(), "device": getattr(d, "device_kind", str(d)),
+          "device_count": jax.device_count(),
+          "cpu_cores": len(os.sched_getaffinity(0)), "processor": platform.processor()
+          or platform.machine(), "jax": jax.__version__,
+          "loadavg": list(os.getloadavg()), "python": platform.python_version()}
+
+
+# ------------------------------------------------------------------- data
+def _get_data(config):
+  """(batches_by_key, train counts, keys, vocab size, loader iterator factory)."""
+  loader = config.input.get("loader", "tfds")
+  if loader == "tfds":
+    from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    data = input_pipeline.get_data(config.input)
+    it = input_pipeline.create_train_iterator(data, config.input,
+                                              global_batch_size=config.input.batch_size,
+                                              seed=config.seed)
+    by_key: dict[tuple, dict] = {}
+    for _ in range(200):
+      b = next(it)
+      by_key.setdefault((*b["image"].shape[1:3], b["tokens"].shape[1]), b)
+    return by_key, data.train_counts, data.keys, len(data.vocab)
+  from im2latex_jax.data import shards  # pylint: disable=g-import-not-at-top
+  data = shards.get_data(config.input)
+  bs = config.input.batch_size
+  split = data.splits[data.train_split]
+  by_key = {}
+  for k in shards.active_keys(data.train_counts, bs, 1):
+    a = split.arrays[k]
+    by_key[data.keys.key_shape(k)] = {
+        "image": a["image"][:bs], "image_hw": a["image_hw"][:bs],
+        "tokens": a["tokens"][:bs], "weight": np.ones(bs, np.float32)}
+  return by_key, data.train_counts, data.keys, len(data.vocab)
+
+
+# ------------------------------------------------------------------ train
+def bench_train(config, by_key, vocab_size, steps: int, peak: float, main_key) -> dict:
+  """Per-key step time, compile time, FLOPs; retraces after warm-up."""
+  from im2latex_jax import optim  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import train  # pylint: disable=g-import-not-at-top
+  model, tx, plateau = train.build_model_and_optimizer(config, vocab_size)
+  init = train.make_init_fn(model, tx, plateau, config, MAIN_SHAPE)
+  state = jax.jit(init)(jax.random.key(config.seed))
+  traces = [0]
+  raw = train.make_train_step(model, tx, optim.make_lr_schedule(config.optim),
+                              jax.random.key(1))
+
+  def counted(state, batch):
+    traces[0] += 1
+    return raw(state, batch)
+  step = jax.jit(counted, donate_argnums=0)
+  dev = {k: jax.device_put(b) for k, b in by_key.items()}
+  out: dict[str, Any] = {"keys": {}}
+  # Warm-up: compile every key once (the compile time is the first call's).
+  for key, batch in dev.items():
+    t = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    out["keys"]["%dx%d/T%d" % key] = {"first_call_s": time.perf_counter() - t}
+  warm_traces = traces[0]
+  losses, timed = [], {}
+  for key, batch in dev.items():
+    times = []
+    for i in range(steps + 1):
+      t = time.perf_counter()
+      state, m = step(state, batch)
+      m = jax.device_get(m)  # a host sync per step, as a log step would have
+      if i:
+        times.append(time.perf_counter() - t)
+      losses.append(float(m["loss_sum"] / max(m["tokens"], 1)))
+    timed[key] = times
+  out["retraces_after_warmup"] = traces[0] - warm_traces
+  for key, batch in dev.items():
+    times = timed[key]
+    med = statistics.median(times)
+    r = out["keys"]["%dx%d/T%d" % key]
+    flops = _flops(step, state, batch)
+    r.update(step_s=med, step_times_s=times, samples_per_s=len(batch["tokens"]) / med,
+             compile_s=max(r["first_call_s"] - med, 0.0), flops_per_step=flops,
+             achieved_flops_per_s=flops / med, frac_of_peak=flops / med / peak)
+  out["traces"] = traces[0]
+  out["losses_finite"] = bool(np.all(np.isfinite(losses)))
+  out["params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
+  out["main_key"] = "%dx%d/T%d" % main_key
+  out.update({f"main_{k}": v for k, v in out["keys"]["%dx%d/T%d" % main_key].items()
+              if k != "step_times_s"})
+  return out, model, state
+
+
+def bench_cnn(config, batch, steps: int, peak: float) -> dict:
+  """The CNN alone: forward + backward (params and BN stats) on one batch."""
+  from im2latex_jax.models import im2markup  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.models import layers  # pylint: disable=g-import-not-at-top
+  dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+  cnn = im2markup.CNN(tuple(config.model.cnn_features), dtype=dtype)
+  x = layers.normalize_images(jnp.asarray(batch["image"]), jnp.asarray(batch["image_hw"]),
+                              dtype)
+  v = cnn.init(jax.random.key(0), x, train=False)
+
+  @jax.jit
+  def fwd_bwd(params, stats, x):
+    def f(p):
+      y, new = cnn.apply({"params": p, "batch_stats": stats}, x, train=True,
+                         mutable=["batch_stats"])
+      return jnp.mean(y.astype(jnp.float32) ** 2), new
+    return jax.grad(f, has_aux=True)(params)
+
+  @jax.jit
+  def fwd(params, stats, x):
+    return cnn.apply({"params": params, "batch_stats": stats}, x, train=False)
+
+  out = {}
+  for name, fn in (("fwd_bwd", fwd_bwd), ("fwd", fwd)):
+    med, _ = _median_time(lambda fn=fn: fn(v["params"], v["batch_stats"], x), steps)
+    flops = _flops(fn, v["params"], v["batch_stats"], x)
+    out[name] = {"s": med, "flops": flops, "achieved_flops_per_s": flops / med,
+                 "frac_of_peak": flops / med / peak}
+  return out
+
+
+# --------------------------------------------------------------- decoding
+def bench_decode(config, model, state, batch, reps: int) -> dict:
+  """Latency p50/p95 for one image (greedy, beam 5) and batched greedy images/s."""
+  from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  max_len = int(config.evals.max_decode_len)
+  out: dict[str, Any] = {"max_len": max_len, "source": "im2latex_jax.bench"}
+
+  def pct(ts):
+    ms = np.asarray(ts) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "runs": len(ts)}
+  for name, beam in (("greedy", 1), ("beam5", 5)):
+    fn = inference.make_decode_fn(model, beam_size=beam, max_len=max_len)
+    args = (variables, batch["image"][:1], batch["image_hw"][:1])
+    _, ts = _median_time(lambda fn=fn, args=args: fn(*args), reps)
+    out[f"single_{name}"] = pct(ts)
+  fn = inference.make_decode_fn(model, beam_size=1, max_len=max_len)
+  out["batched_greedy_images_per_s"] = {}
+  for b in (1, 8, 32):
+    if b > len(batch["tokens"]):
+      continue
+    med, _ = _median_time(lambda b=b: fn(variables, batch["image"][:b],
+                                         batch["image_hw"][:b]), max(reps // 2, 1))
+    out["batched_greedy_images_per_s"][str(b)] = b / med
+    if b == 32:
+      out["batch32_greedy_s"] = med
+  return out
+
+
+def _latency_module():
+  path = os.path.join(REPO, "benchmarks", "latency.py")
+  if not os.path.exists(path):
+    return None
+  try:
+    spec = importlib.util.spec_from_file_location("im2latex_latency_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+# ------------------------------------------------------------------ input
+def bench_input(config, n_batches: int, with_tfdata: bool) -> dict:
+  """images/s of the TF-free loader (this config) and of tf.data (embedded data)."""
+  from im2latex_jax.data import shards  # pylint: disable=g-import-not-at-top
+  out = {}
+  if config.input.get("loader", "tfds") != "tfds":
+    data = shards.get_data(config.input)
+    it = shards.train_iterator(data, global_batch_size=config.input.batch_size,
+                               seed=config.seed)
+    next(it)
+    t = time.perf_counter()
+    n = sum(len(next(it)["tokens"]) for _ in range(n_batches))
+    out["shards_loader_images_per_s"] = n / (time.perf_counter() - t)
+    out["shards_loader_source"] = config.input.loader
+  if with_tfdata:
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      out["tfdata"] = "TensorFlow not installed"
+      return out
+    import tempfile  # pylint: disable=g-import-not-at-top
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    import quickstart  # pylint: disable=g-import-not-at-top
+    from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    q = quickstart.get_config()
+    q.input.cache = True
+    data = input_pipeline.get_data(q.input)
+    it = input_pipeline.create_train_iterator(data, q.input, global_batch_size=16, seed=0)
+    for _ in range(20):  # fill the cache and the shuffle buffers
+      next(it)
+    t = time.perf_counter()
+    n = sum(len(next(it)["tokens"]) for _ in range(n_batches))
+    out["tfdata_images_per_s"] = n / (time.perf_counter() - t)
+    with tempfile.TemporaryDirectory() as d:
+      shards.export(q.input, d)
+      sd = shards.load(d)
+      it = shards.train_iterator(sd, global_batch_size=16, seed=0)
+      next(it)
+      t = time.perf_counter()
+      n = sum(len(next(it)["tokens"]) for _ in range(n_batches))
+      out["shards_loader_embedded_images_per_s"] = n / (time.perf_counter() - t)
+  return out
+
+
+# ------------------------------------------------------------------- main
+def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
+        decode_reps: int = 5, skip_decode: bool = False, with_tfdata: bool = True,
+        input_batches: int = 50) -> dict:
+  """Runs every measurement; returns the JSON-able result."""
+  from im2latex_jax.data import shards  # pylint: disable=g-import-not-at-top
+  t_start = time.perf_counter()
+  result: dict[str, Any] = {"machine": machine(), "config": {
+      "model": config.model.name, "dtype": config.model.dtype,
+      "batch_size": config.input.batch_size, "loader": config.input.get("loader", "tfds"),
+      "cnn_features": list(config.model.cnn_features), "steps": steps}}
+  result["peak"] = {"fp32": measure_peak(jnp.float32)}
+  if jax.default_backend() != "cpu":
+    result["peak"]["bf16"] = measure_peak(jnp.bfloat16)
+  peak_key = "bf16" if config.model.dtype == "bfloat16" and "bf16" in result["peak"] else "fp32"
+  peak = result["peak"][peak_key]["flops_per_s"]
+  result["peak"]["used"] = peak_key
+
+  by_key, counts, key_grid, vocab_size = _get_data(config)
+  main_key = max(by_key, key=lambda k: (k[:2] == MAIN_SHAPE, k[0] * k[1], k[2]))
+  if keys == "main":
+    by_key = {main_key: by_key[main_key]}
+  result["shapes"] = shards.shapes_per_epoch(key_grid, counts, config.input.batch_size,
+                                             config.seed, jax.process_count())
+  train_r, model, state = bench_train(config, by_key, vocab_size, steps, peak, main_key)
+  result["train"] = train_r
+  result["cnn"] = bench_cnn(config, by_key[main_key], steps, peak)
+  result["cnn"]["share_of_step"] = result["cnn"]["fwd_bwd"]["s"] / train_r["main_step_s"]
+
+  if not skip_decode:
+    result["decoding"] = bench_decode(config, model, state, by_key[main_key], decode_reps)
+    lat = _latency_module()
+    if lat is not None and config.model.cnn_features == (64, 128, 256, 256, 512, 512):
+      try:
+        result["decoding"]["latency_py"] = lat.main(
+            ["--runs", str(decode_reps), "--max-len", str(config.evals.max_decode_len)])
+      except Exception as e:  # pylint: disable=broad-except
+        result["decoding"]["latency_py"] = f"failed: {e!r}"
+
+  if not skip_torch:
+    result["torch"] = bench_torch(config, by_key[main_key], vocab_size, steps, result)
+  result["input"] = bench_input(config, input_batches, with_tfdata)
+  result["machine"]["loadavg_end"] = list(os.getloadavg())
+  result["wall_s"] = time.perf_counter() - t_start
+  return result
+
+
+def bench_torch(config, batch, vocab_size, steps, result) -> dict | str:
+  try:
+    spec = importlib.util.spec_from_file_location(
+        "im2latex_torch_reference", os.path.join(REPO, "benchmarks", "torch_reference.py"))
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+  except ImportError as e:
+    return f"skipped: {e}"
+  m = config.model
+  r = ref.benchmark(batch["image"], batch["tokens"], vocab_size, steps=steps,
+                    max_len=int(config.evals.max_decode_len), decode_reps=max(steps // 2, 1),
+                    model_kwargs=dict(cnn_features=tuple(m.cnn_features),
+                                      encoder_hidden=m.encoder_hidden, max_rows=m.max_rows,
+                                      decoder_hidden=m.decoder_hidden, embed_dim=m.embed_dim))
+  r["jax_over_torch_train_speed"] = r["train_step_s"] / result["train"]["main_step_s"]
+  dec = result.get("decoding", {}).get("batch32_greedy_s")
+  if dec:
+    r["jax_over_torch_greedy_speed"] = r["greedy_batch_s"] / dec
+  return r
+
+
+def _summary(r: dict) -> str:
+  t = r["train"]
+  lines = [f"machine: {r['machine']['backend']} {r['machine']['device']} "
+           f"({r['machine']['cpu_cores']} cores), load {r['machine']['loadavg'][0]:.2f}",
+           f"peak ({r['peak']['used']}): {r['peak'][r['peak']['used']]['flops_per_s'] / 1e9:.1f} "
+           "GFLOP/s"]
+  for k, v in t["keys"].items():
+    lines.append(f"train {k}: {v['step_s'] * 1000:.1f} ms/step, {v['samples_per_s']:.1f} "
+                 f"samples/s, compile {v['compile_s']:.1f} s, "
+                 f"{v['flops_per_step'] / 1e9:.1f} GFLOP/step, {100 * v['frac_of_peak']:.1f}% of peak")
+  lines.append(f"retraces after warm-up: {t['retraces_after_warmup']}; distinct shapes "
+               f"per epoch: {r['shapes']['distinct_shapes']}")
+  c = r["cnn"]["fwd_bwd"]
+  lines.append(f"CNN fwd+bwd: {c['s'] * 1000:.1f} ms, {c['flops'] / 1e9:.1f} GFLOP, "
+               f"{100 * c['frac_of_peak']:.1f}% of peak ({100 * r['cnn']['share_of_step']:.0f}% "
+               "of the step)")
+  if isinstance(r.get("torch"), dict):
+    tr = r["torch"]
+    lines.append(f"torch: {tr['train_step_s'] * 1000:.1f} ms/step; JAX/PyTorch speed "
+                 f"{tr['jax_over_torch_train_speed']:.2f}x train, "
+                 f"{tr.get('jax_over_torch_greedy_speed', float('nan')):.2f}x greedy")
+  if "decoding" in r:
+    d = r["decoding"]
+    lines.append(f"decode: greedy p50 {d['single_greedy']['p50_ms']:.1f} ms, beam5 p50 "
+                 f"{d['single_beam5']['p50_ms']:.1f} ms, batched "
+                 + ", ".join(f"{b}: {v:.1f} img/s" for b, v in
+                             d["batched_greedy_images_per_s"].items()))
+  lines.append("input: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in r["input"].items()))
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file[:arg].",
+                                  flag_values=fv, lock_config=True)
+  flags.DEFINE_string("out", None, "Write the JSON here too.", flag_values=fv)
+  flags.DEFINE_integer("steps", 5, "Timed steps per key (median).", flag_values=fv)
+  flags.DEFINE_bool("skip_torch", False, "Skip the PyTorch reference.", flag_values=fv)
+  flags.DEFINE_bool("skip_decode", False, "Skip the decoding latencies.", flag_values=fv)
+  flags.DEFINE_bool("skip_tfdata", False, "Skip the tf.data throughput.", flag_values=fv)
+  flags.DEFINE_enum("keys", "all", ["all", "main"], "Time every key or the main one.",
+                    flag_values=fv)
+  flags.DEFINE_integer("decode_reps", 5, "Timed decoding calls.", flag_values=fv)
+  # --skip-torch as well as --skip_torch.
+  argv = ["--" + a[2:].replace("-", "_") if a.startswith("--skip-") else a for a in argv]
+  fv(argv)
+  r = run(fv.config, steps=fv.steps, skip_torch=fv.skip_torch, keys=fv.keys,
+          decode_reps=fv.decode_reps, skip_decode=fv.skip_decode,
+          with_tfdata=not fv.skip_tfdata)
+  print(_summary(r))
+  text = json.dumps(r, indent=1, default=float)
+  if fv.out:
+    with open(fv.out, "w") as f:
+      f.write(text)
+  else:
+    print(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

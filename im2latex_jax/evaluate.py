@@ -1,0 +1,213 @@
+"""`im2latex-jax evaluate`: a checkpoint's predictions and metrics on a split.
+
+    im2latex-jax evaluate --workdir W [--split S] [--beam K] [--step best|latest|N]
+        [--max-examples N] [--image-metrics] [--length-penalty A]
+        [--batch-size N] [--max-len L] [--manual-dir DIR]
+
+Restores the checkpoint, decodes the split (greedy for --beam 1, else beam
+search) and writes under `<workdir>/eval/<split>_beam<K>/`:
+
+- `predictions.tsv`: a header, then `image  gold  prediction  logprob` per
+  example (tab-separated; formulas are space-tokenized and hold no tabs);
+- `metrics.json`: text metrics (`bleu4` 0..100, `edit_accuracy` and
+  `exact_match` 0..1, as metrics.py), teacher-forced `perplexity` and
+  `token_accuracy`, image metrics with --image-metrics (0..1), `examples`,
+  `decode_seconds`, `images_per_sec`, and the same without the first batch of
+  each shape (`steady_images_per_sec`, which excludes compilation).
+
+Prints a markdown table (header and one row, percentages) to stdout. A
+user error (no checkpoint, unknown split, bad flag, TeX missing) prints one
+`error: ...` line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+TABLE_HEADER = ("| split | beam | BLEU-4 | edit acc | exact | img exact | img exact -ws "
+                "| img edit |\n|---|---|---|---|---|---|---|---|")
+
+
+class UsageError(ValueError):
+  """A bad argument; the message names it and the fix."""
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog=argv[0] if argv else "im2latex-jax evaluate",
+      description="Decode a split with a trained checkpoint and score it as im2markup.")
+  parser.add_argument("--workdir", required=True, help="training workdir")
+  parser.add_argument("--split", default=None,
+                      help="TFDS split, slices allowed; default: the config's eval_split")
+  parser.add_argument("--beam", type=int, default=1, help="beam size; 1 is greedy")
+  parser.add_argument("--step", default="best", help="'best', 'latest' or a step number")
+  parser.add_argument("--max-examples", type=int, default=None,
+                      help="evaluate only the first N examples of the split")
+  parser.add_argument("--image-metrics", action="store_true",
+                      help="also render gold and predictions with pdflatex and compare images")
+  parser.add_argument("--length-penalty", type=float, default=None,
+                      help="GNMT alpha for beam search; default config.evals.length_penalty")
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="examples per decode batch; default config.input.eval_batch_size")
+  parser.add_argument("--max-len", type=int, default=None,
+                      help="max decoded tokens; default config.evals.max_decode_len")
+  parser.add_argument("--manual-dir", default=None,
+                      help="data source overriding config.input.manual_dir "
+                      "('embedded' or a directory in the official layout)")
+  parser.add_argument("--workers", type=int, default=2,
+                      help="pdflatex processes for --image-metrics")
+  args = parser.parse_args(argv[1:])
+  for name in ("beam", "max_examples", "batch_size", "max_len", "workers"):
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      flag = "--" + name.replace("_", "-")
+      raise UsageError(f"{flag} {value} must be at least 1.")
+  if args.step not in ("best", "latest") and not re.fullmatch(r"\d+", args.step):
+    raise UsageError(f"--step {args.step!r}: use 'best', 'latest' or a step number.")
+  return args
+
+
+def _pct(x: float | None) -> str:
+  return "–" if x is None else f"{100 * x:.2f}"
+
+
+def table_row(split: str, beam: int, m: dict[str, Any]) -> str:
+  """`| split | beam | BLEU-4 | edit acc | exact | img exact | img exact -ws | img edit |`."""
+  cells = [split, str(beam), f"{m['bleu4']:.2f}", _pct(m["edit_accuracy"]),
+           _pct(m["exact_match"]), _pct(m.get("image_exact_match")),
+           _pct(m.get("image_exact_match_ws")), _pct(m.get("image_edit_accuracy"))]
+  return "| " + " | ".join(cells) + " |"
+
+
+def _out_dir(workdir: str, split: str, beam: int) -> str:
+  safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_")
+  return os.path.join(workdir, "eval", f"{safe}_beam{beam}")
+
+
+def write_predictions(path: str, predictions) -> None:
+  def clean(s: str) -> str:
+    return s.replace("\t", " ").replace("\n", " ")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("image\tgold\tprediction\tlogprob\n")
+    for p in predictions:
+      f.write(f"{clean(p.image_name)}\t{clean(p.gold)}\t{clean(p.prediction)}\t"
+              f"{p.logprob:.6f}\n")
+
+
+def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
+  """Runs the evaluation; returns (table row, metrics, output directory)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import evaluators  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import train  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  if args.image_metrics:
+    from im2latex_jax import render  # pylint: disable=g-import-not-at-top
+    try:
+      render.check_tex()  # before minutes of decoding, not after
+    except RuntimeError as e:
+      raise UsageError(f"--image-metrics: {e}") from None
+  loaded = inference.load_model(args.workdir, args.step)
+  config = loaded.config
+  workdir = os.path.abspath(os.path.expanduser(args.workdir))
+  split = args.split or config.input.eval_split
+  batch_size = args.batch_size or config.input.eval_batch_size
+  max_len = args.max_len or config.evals.max_decode_len
+  length_penalty = (config.evals.length_penalty if args.length_penalty is None
+                    else args.length_penalty)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(batch_size, mesh, "--batch-size")
+  if args.manual_dir is not None:
+    with config.unlocked():
+      config.input.manual_dir = args.manual_dir
+
+  data = input_pipeline.get_data(config.input, vocab=loaded.vocab, need_train=False)
+  limited, leftover = evaluators.limit_split(split, args.max_examples)
+  input_pipeline.check_split(data.builder, split)
+
+  def batches(keep_strings):
+    ds, _, _ = input_pipeline.create_eval_dataset(
+        data, config.input, limited, global_batch_size=batch_size,
+        keep_strings=keep_strings)
+    return ds.as_numpy_iterator()
+
+  variables = jax.device_put(loaded.variables, sharding.replicated(mesh))
+  decode_fn = inference.make_decode_fn(loaded.model, beam_size=args.beam, max_len=max_len,
+                                       length_penalty=length_penalty)
+  timings: dict[str, float] = {}
+  preds = evaluators.decode_split(decode_fn, variables, loaded.vocab, batches(True), mesh,
+                                  max_examples=leftover, timings=timings)
+  if not preds:
+    raise UsageError(f"Split {split!r} has no example that fits the buckets "
+                     f"{config.input.buckets} / token buckets {config.input.token_buckets}.")
+  n = len(preds)
+  m: dict[str, Any] = evaluators.text_metrics(preds)
+
+  # Teacher forcing (the same step as training's evaluation). With a limit
+  # that could not become a slice, this covers the whole (sliced) split.
+  state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32),
+                           params=variables["params"],
+                           batch_stats=variables["batch_stats"], opt_state=None, plateau=None)
+  eval_step = jax.jit(train.make_eval_step(loaded.model))
+  loss = train.evaluate_loss(eval_step, state, batches(False), mesh)
+  m.update(loss=loss["loss"], perplexity=loss["perplexity"],
+           token_accuracy=loss["token_accuracy"])
+
+  if args.image_metrics:
+    from im2latex_jax import image_metrics  # pylint: disable=g-import-not-at-top
+    t = time.perf_counter()
+    m.update(image_metrics.image_metrics([p.gold for p in preds],
+                                         [p.prediction for p in preds],
+                                         workers=args.workers))
+    m["image_render_seconds"] = time.perf_counter() - t
+
+  decode_s = timings["decode_seconds"]
+  m.update(examples=n, decode_seconds=decode_s, images_per_sec=n / max(decode_s, 1e-9),
+           split=split, beam=args.beam, step=loaded.step, max_decode_len=max_len,
+           length_penalty=length_penalty, batch_size=batch_size, devices=mesh.devices.size)
+  # Without the first batch of each shape, which carries the compilation.
+  steady_s = decode_s - timings["first_batch_seconds"]
+  steady_n = n - timings["first_batch_examples"]
+  if steady_n > 0 and steady_s > 0:
+    m.update(steady_examples=steady_n, steady_images_per_sec=steady_n / steady_s)
+
+  out_dir = _out_dir(workdir, split, args.beam)
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    write_predictions(os.path.join(out_dir, "predictions.tsv"), preds)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+      json.dump(m, f, indent=2, sort_keys=True)
+  return table_row(split, args.beam, m), m, out_dir
+
+
+def main(argv: list[str]) -> int:
+  """Runs `im2latex-jax evaluate`; 0 on success, 2 on a user error."""
+  try:
+    args = _parse_args(argv)
+  except SystemExit as e:  # argparse printed its own usage line
+    return int(e.code or 0) and 2
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
+  try:
+    row, _, out_dir = evaluate(args)
+  except (inference.WorkdirError, UsageError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(TABLE_HEADER)
+  print(row, flush=True)
+  print(f"wrote {out_dir}/predictions.tsv and metrics.json", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

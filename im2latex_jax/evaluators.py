@@ -1,0 +1,184 @@
+"""Decoding evaluation: predictions for a split and im2markup's text metrics.
+
+`decode_split` turns bucketed eval batches into one `Prediction` per real
+example (padding examples, `weight == 0`, are dropped); both the training-time
+`DecodeEvaluator` and `im2latex-jax evaluate` (evaluate.py) use it, so the
+numbers logged during training and the ones of the evaluate command come from
+the same code.
+
+Metric conventions are those of metrics.py: `bleu4` in [0, 100] (Moses
+multi-bleu), `edit_accuracy` and `exact_match` in [0, 1]. All three are
+maximised (optim.MAXIMIZE), so any of them can drive the plateau schedule and
+the best checkpoint through `config.optim.plateau.metric`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable, Iterable, NamedTuple
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from im2latex_jax import inference
+from im2latex_jax import metrics as metrics_lib
+from im2latex_jax import sharding
+
+Batch = dict[str, Any]
+PyTree = Any
+
+# Integer slices `[a:b]` of a TFDS split that `limit_split` can shorten exactly.
+_INT_SLICE_RE = re.compile(r"^(?P<base>[^\[]+)\[(?P<a>\d*):(?P<b>\d*)\]$")
+
+
+class Prediction(NamedTuple):
+  """One decoded example."""
+  image_name: str
+  gold: str        # the reference formula, as stored in the dataset
+  prediction: str  # space-separated tokens, without BOS/EOS
+  logprob: float   # natural-log probability of the prediction (best beam)
+
+
+def limit_split(split: str, max_examples: int | None) -> tuple[str, int | None]:
+  """The first `max_examples` examples of `split`, in split order.
+
+  Returns (split, leftover limit): the split rewritten to a TFDS slice when
+  that is exact (a plain split or an integer slice `[a:b]`), else the split
+  unchanged and the limit, which `decode_split` then applies to its output.
+  """
+  if not max_examples:
+    return split, None
+  n = int(max_examples)
+  if "[" not in split:
+    return f"{split}[:{n}]", None
+  m = _INT_SLICE_RE.match(split)
+  if m is None:
+    return split, n
+  a = int(m["a"] or 0)
+  b = a + n if not m["b"] else min(int(m["b"]), a + n)
+  return f"{m['base']}[{a}:{b}]", None
+
+
+def _host_rows(x: jax.Array | np.ndarray) -> np.ndarray:
+  """This host's rows of a batch-sharded output, in local batch order."""
+  if isinstance(x, np.ndarray) or jax.process_count() == 1:
+    return np.asarray(x)
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def _text(x) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterable[Batch],
+                 mesh: jax.sharding.Mesh | None = None, *,
+                 max_examples: int | None = None,
+                 timings: dict[str, float] | None = None) -> list[Prediction]:
+  """Decodes every real example of `batches` (this host's part).
+
+  Args:
+    decode_fn: from `inference.make_decode_fn` (greedy or beam): a jitted
+      (variables, images, image_hw) -> {'tokens', 'logprobs', ...}.
+    variables: {'params', 'batch_stats'}; replicated on `mesh` when given,
+      else on one device.
+    vocab: the run's Vocab.
+    batches: numpy batches with 'formula' and 'image_name' (from
+      `input_pipeline.create_eval_dataset(..., keep_strings=True)`).
+    mesh: split each batch over this mesh's 'data' axis (the batch size must
+      be a multiple of its devices); None feeds the arrays as they are.
+    max_examples: stop after this many real examples.
+    timings: if given, receives 'decode_seconds' (all batches, compilation
+      included), 'first_batch_seconds' and 'first_batch_examples' (the first
+      batch of each image shape, where a compilation may happen).
+
+  Returns:
+    One Prediction per example with weight > 0, in batch order.
+  """
+  out: list[Prediction] = []
+  seen_shapes: set[tuple[int, ...]] = set()
+  total = first = 0.0
+  first_examples = 0
+  for batch in batches:
+    if max_examples is not None and len(out) >= max_examples:
+      break
+    t = time.perf_counter()
+    if mesh is not None:
+      arrays = sharding.shard_batch({k: batch[k] for k in ("image", "image_hw")}, mesh)
+    else:
+      arrays = {k: batch[k] for k in ("image", "image_hw")}
+    result = decode_fn(variables, arrays["image"], arrays["image_hw"])
+    tokens = _host_rows(result["tokens"])  # [B, L]
+    logprobs = _host_rows(result["logprobs"])  # [B]
+    dt = time.perf_counter() - t
+    total += dt
+    if batch["image"].shape not in seen_shapes:
+      seen_shapes.add(batch["image"].shape)
+      first += dt
+      first_examples += int(np.sum(np.asarray(batch["weight"]) > 0))
+    predictions = inference.ids_to_strings(vocab, tokens)
+    for i in np.flatnonzero(np.asarray(batch["weight"]) > 0):
+      out.append(Prediction(_text(batch["image_name"][i]), _text(batch["formula"][i]),
+                            predictions[i], float(logprobs[i])))
+  if max_examples is not None:
+    out = out[:max_examples]
+  if timings is not None:
+    timings.update(decode_seconds=total, first_batch_seconds=first,
+                   first_batch_examples=min(first_examples, len(out)))
+  return out
+
+
+def text_metrics(predictions: list[Prediction]) -> dict[str, float]:
+  """{'bleu4' (0..100), 'edit_accuracy' (0..1), 'exact_match' (0..1)}."""
+  return metrics_lib.text_metrics([p.gold for p in predictions],
+                                  [p.prediction for p in predictions])
+
+
+class DecodeEvaluator:
+  """Greedy decoding of the first examples of the eval split during training.
+
+  Built once per training run: the dataset and the jitted decode function are
+  made here, so each `run` reuses the compiled programs (one per bucket shape).
+  """
+
+  def __init__(self, model, vocab, data, config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh):
+    from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    self.vocab = vocab
+    self.mesh = mesh
+    self.max_examples = config.evals.decode_max_examples
+    split, self._leftover = limit_split(config.input.eval_split, self.max_examples)
+    sharding.check_batch_size(config.input.eval_batch_size, mesh,
+                              "config.input.eval_batch_size")
+    self.dataset, _, _ = input_pipeline.create_eval_dataset(
+        data, config.input, split, global_batch_size=config.input.eval_batch_size,
+        keep_strings=True)
+    self.decode_fn = inference.make_decode_fn(model, beam_size=1,
+                                              max_len=config.evals.max_decode_len)
+    self.last_predictions: list[Prediction] = []
+
+  def run(self, state) -> dict[str, float]:
+    """Text metrics of greedy decoding with the state's parameters.
+
+    Args:
+      state: a train.TrainState replicated on the mesh.
+
+    Returns:
+      {'bleu4', 'edit_accuracy', 'exact_match', 'decode_examples',
+      'decode_seconds'}.
+    """
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    timings: dict[str, float] = {}
+    preds = decode_split(self.decode_fn, variables, self.vocab,
+                         self.dataset.as_numpy_iterator(), self.mesh,
+                         max_examples=self._leftover, timings=timings)
+    self.last_predictions = preds
+    out = text_metrics(preds)
+    out.update(decode_examples=float(len(preds)), decode_seconds=timings["decode_seconds"])
+    logging.info("Decode eval: BLEU-4 %.2f, edit acc %.4f, exact %.4f (%d ex, %.1fs)",
+                 out["bleu4"], out["edit_accuracy"], out["exact_match"], len(preds),
+                 timings["decode_seconds"])
+    return out

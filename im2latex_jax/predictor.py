@@ -1,0 +1,341 @@
+"""Images in, LaTeX out: the model behind `predict`, `serve` and notebooks.
+
+    predictor = load_predictor("/tmp/im2latex_run")   # or None: shipped model
+    [pred] = predictor.predict([image], beam_size=5)
+    pred.latex, pred.token_probs, pred.attention      # [T, H, W]
+
+Each image goes through `preprocess.normalize_image` onto one of the model's own
+buckets (the saved `config.input.buckets`), so the model sees dataset-like
+inputs. Images are grouped by bucket and every group is padded to a batch size
+from a small fixed set (BATCH_SIZES), so a server only ever compiles
+|buckets| x |batch sizes| x |beam sizes| programs, each once, ahead of time.
+
+Greedy decoding records per-token log-probabilities and attention as it goes.
+Beam search returns only the best sequence, so the same compiled program then
+runs one teacher-forced pass over it (one `lax.scan` of `decode_step`) to get
+per-token probabilities and attention as well: the API looks the same for
+every beam size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from im2latex_jax import inference
+from im2latex_jax import preprocess
+from im2latex_jax.data import buckets as buckets_lib
+from im2latex_jax.data import vocab as vocab_lib
+
+# A workdir layout (config.json, vocab.txt, checkpoints/) shipped in the wheel.
+SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "model")
+# Environment variable naming a workdir to use when none is passed.
+MODEL_ENV = "IM2LATEX_MODEL"
+# Batch sizes a bucket group is padded to; larger groups are split into 32s.
+BATCH_SIZES = (1, 8, 32)
+
+NO_MODEL_MESSAGE = (
+    "No model is shipped with this install yet; pass --workdir W of a training "
+    "run (e.g. after `im2latex-jax train --config configs/quickstart.py "
+    "--workdir W`)")
+
+
+class NoModelError(RuntimeError):
+  """No workdir given and no shipped model."""
+
+
+@dataclasses.dataclass
+class Prediction:
+  """The model's reading of one image.
+
+  Attributes:
+    latex: the tokens joined by single spaces.
+    tokens: predicted tokens, without BOS/EOS.
+    token_probs: probability of each token when it was chosen, in [0, 1].
+    attention: float32 [T, H, W], token t's attention over the preprocessed
+      image; each map sums to 1 over the image.
+    logprob: log-probability of the whole sequence, EOS included.
+    image: uint8 [H, W], the preprocessed image the model read.
+    timings: seconds: preprocess (this image), encode_decode (the jitted call
+      of its bucket group, shared by the group), postprocess (this image),
+      total (from the predict() call to this prediction).
+  """
+  latex: str
+  tokens: list[str]
+  token_probs: list[float]
+  attention: np.ndarray
+  logprob: float
+  image: np.ndarray
+  timings: dict[str, float]
+
+
+def batch_size_for(n: int, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> int:
+  """The smallest allowed batch size holding n images (the largest if none)."""
+  for b in sorted(batch_sizes):
+    if n <= b:
+      return b
+  return max(batch_sizes)
+
+
+def attention_to_image(attention: np.ndarray, feature_hw, image_hw) -> np.ndarray:
+  """Spreads [T, N] attention over the feature grid onto the image pixels.
+
+  Feature cell (i, j) covers image rows [i*H/fh, (i+1)*H/fh) and the same for
+  columns (as `layers.feature_mask` counts them); its weight is shared evenly
+  by its pixels (nearest upsampling, divided by the cell's pixel count), so
+  each map still sums to 1 over the image.
+
+  Returns:
+    float32 [T, H, W].
+  """
+  fh, fw = (int(v) for v in feature_hw)
+  h, w = (int(v) for v in image_hw)
+  t = attention.shape[0]
+  grid = np.asarray(attention, np.float32).reshape(t, fh, fw)
+  rows = np.arange(h) * fh // h  # [H]: the cell row of each pixel row
+  cols = np.arange(w) * fw // w  # [W]
+  pixels = np.outer(np.bincount(rows, minlength=fh), np.bincount(cols, minlength=fw))
+  density = grid / np.maximum(pixels, 1)  # [T, fh, fw]
+  return density[:, rows][:, :, cols].astype(np.float32)
+
+
+def make_teacher_forced_fn(model):
+  """fn(variables, images, image_hw, tokens [B, L]) -> per-token values.
+
+  Feeds BOS, tokens[:, :-1] and scores tokens: returns token_logprobs
+  [B, L], attention [B, L, N] and feature_hw [B, 2]. Not jitted: it is
+  composed into the beam program.
+  """
+
+  def fn(variables, images, image_hw, tokens):
+    b = tokens.shape[0]
+    enc = model.apply(variables, images, image_hw, method=model.encode)
+    carry = model.apply(variables, enc, method=model.init_carry)
+    inputs = jnp.concatenate(
+        [jnp.full((b, 1), vocab_lib.BOS, jnp.int32), tokens[:, :-1]], axis=1)
+
+    def body(carry, x):
+      token_in, target = x  # [B], [B]
+      logits, carry, attn = model.apply(variables, enc, carry, token_in,
+                                        method=model.decode_step)
+      logp = jax.nn.log_softmax(logits.astype(jnp.float32))  # [B, V]
+      lp = jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
+      return carry, (lp, attn)
+
+    _, (lps, attn) = lax.scan(body, carry, (inputs.T, tokens.T))
+    return {"token_logprobs": lps.T, "attention": jnp.swapaxes(attn, 0, 1),
+            "feature_hw": enc["feature_hw"]}
+
+  return fn
+
+
+def make_predict_fn(model, *, beam_size: int, max_len: int,
+                    length_penalty: float = 0.0):
+  """jit(fn)(variables, images, image_hw) -> tokens, logprobs, lengths,
+  token_logprobs [B, L], attention [B, L, N], feature_hw [B, 2]."""
+  if beam_size == 1:
+    return inference.make_decode_fn(model, beam_size=1, max_len=max_len,
+                                    collect_attention=True)
+  search = inference.make_decode_fn(model, beam_size=beam_size, max_len=max_len,
+                                    length_penalty=length_penalty)
+  forced = make_teacher_forced_fn(model)
+
+  def fn(variables, images, image_hw):
+    best = search(variables, images, image_hw)
+    # One program, so the tokens never leave the device between the search
+    # and the rescoring pass.
+    out = forced(variables, images, image_hw, best["tokens"])
+    out.update(tokens=best["tokens"], logprobs=best["logprobs"],
+               lengths=best["lengths"])
+    return out
+
+  return jax.jit(fn)
+
+
+class Predictor:
+  """A loaded model that turns images into Predictions; thread-safe.
+
+  Attributes:
+    model_id: '<workdir name>@<step>'.
+    buckets: the (H, W) image buckets the model was trained with.
+    max_len: most tokens decoded per image (config.evals.max_decode_len).
+  """
+
+  def __init__(self, loaded: inference.LoadedModel,
+               batch_sizes: tuple[int, ...] = BATCH_SIZES):
+    self._loaded = loaded
+    self.model_id = loaded.model_id
+    self.vocab = loaded.vocab
+    self.config = loaded.config
+    self.buckets = buckets_lib.parse_buckets(loaded.config.input.buckets)
+    self.max_len = int(loaded.config.evals.max_decode_len)
+    self.length_penalty = float(loaded.config.evals.get("length_penalty", 0.0))
+    self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
+    if not self.batch_sizes or self.batch_sizes[0] < 1:
+      raise ValueError(f"batch_sizes {batch_sizes} must be positive integers")
+    # One lock for the caches and the device: jitted calls of one model run
+    # one at a time (two would only split the same two cores).
+    self._lock = threading.Lock()
+    self._fns: dict[int, Any] = {}  # beam -> jitted predict fn
+    self._compiled: dict[tuple[int, tuple[int, int], int], Any] = {}
+
+  @property
+  def compiled_keys(self) -> list[tuple[int, tuple[int, int], int]]:
+    """(beam, bucket, batch) of every program compiled so far."""
+    with self._lock:
+      return list(self._compiled)
+
+  def _executable(self, beam: int, bucket: tuple[int, int], batch: int):
+    """The compiled program for these shapes; compiles it once. Holds _lock."""
+    key = (beam, bucket, batch)
+    exe = self._compiled.get(key)
+    if exe is None:
+      fn = self._fns.get(beam)
+      if fn is None:
+        fn = self._fns[beam] = make_predict_fn(
+            self._loaded.model, beam_size=beam, max_len=self.max_len,
+            length_penalty=self.length_penalty)
+      h, w = bucket
+      exe = fn.lower(self._loaded.variables,
+                     jax.ShapeDtypeStruct((batch, h, w, 1), jnp.uint8),
+                     jax.ShapeDtypeStruct((batch, 2), jnp.int32)).compile()
+      self._compiled[key] = exe
+    return exe
+
+  def warmup(self, buckets=None, batch_sizes=(1,), beam_sizes=(1,)) -> None:
+    """Compiles ahead of the first request (default: every bucket, batch 1)."""
+    with self._lock:
+      for beam in beam_sizes:
+        for bucket in buckets or self.buckets:
+          for batch in batch_sizes:
+            self._executable(int(beam), tuple(bucket), int(batch))
+
+  def preprocess(self, image) -> np.ndarray:
+    """uint8 [H, W] on one of the model's buckets; raises preprocess.ImageError."""
+    return preprocess.normalize_image(image, buckets=self.buckets)
+
+  def predict(self, images: list[np.ndarray], beam_size: int = 1) -> list[Prediction]:
+    """Predicts LaTeX for each image, in order.
+
+    Args:
+      images: arrays or PIL images, any size, colours and background (see
+        `preprocess.to_grayscale`).
+      beam_size: 1 for greedy decoding.
+
+    Returns:
+      One Prediction per image.
+
+    Raises:
+      preprocess.ImageError: an image cannot be read as a formula (blank,
+        tiny, too large); no prediction is made for any image.
+      ValueError: beam_size < 1.
+    """
+    beam_size = int(beam_size)
+    if beam_size < 1:
+      raise ValueError(f"beam_size {beam_size} must be at least 1 (1 is greedy)")
+    t_start = time.perf_counter()
+    pre, pre_times = [], []
+    for image in images:
+      t = time.perf_counter()
+      pre.append(self.preprocess(image))
+      pre_times.append(time.perf_counter() - t)
+
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(pre):
+      groups.setdefault(im.shape, []).append(i)
+    results: list[Prediction | None] = [None] * len(pre)
+    chunk = max(self.batch_sizes)
+    for bucket, idxs in groups.items():
+      for s in range(0, len(idxs), chunk):
+        part = idxs[s:s + chunk]
+        outs, t_model = self._run(bucket, [pre[i] for i in part], beam_size)
+        for i, out in zip(part, outs):
+          t = time.perf_counter()
+          results[i] = self._prediction(out, pre[i])
+          results[i].timings = {
+              "preprocess": pre_times[i], "encode_decode": t_model,
+              "postprocess": time.perf_counter() - t,
+              "total": time.perf_counter() - t_start}
+    return results
+
+  def _run(self, bucket: tuple[int, int], images: list[np.ndarray],
+           beam: int) -> tuple[list[dict[str, np.ndarray]], float]:
+    """Runs one padded batch; returns per-image numpy outputs and seconds."""
+    n = len(images)
+    batch = batch_size_for(n, self.batch_sizes)
+    # Pad with copies of a real image rather than blank ones: the search stops
+    # when every sequence has ended, and a copy ends exactly when its original
+    # does, while a blank image might run to max_len.
+    padded = images + [images[-1]] * (batch - n)
+    x = np.stack(padded)[..., None]  # [batch, H, W, 1] uint8
+    hw = np.tile(np.array([bucket], np.int32), (batch, 1))  # [batch, 2]
+    with self._lock:
+      exe = self._executable(beam, tuple(bucket), batch)
+      t = time.perf_counter()
+      out = jax.device_get(exe(self._loaded.variables, x, hw))
+      seconds = time.perf_counter() - t
+    keys = ("tokens", "logprobs", "token_logprobs", "attention", "feature_hw")
+    return [{k: np.asarray(out[k][i]) for k in keys} for i in range(n)], seconds
+
+  def _prediction(self, out: dict[str, np.ndarray], image: np.ndarray) -> Prediction:
+    """Cuts one sequence at EOS and turns ids, log-probs and attention into a
+    Prediction (PAD/BOS emitted by an undertrained model are dropped, so the
+    token, probability and attention lists stay aligned)."""
+    keep, tokens = [], []
+    for t, i in enumerate(out["tokens"].tolist()):
+      if i == vocab_lib.EOS:
+        break
+      if i in (vocab_lib.PAD, vocab_lib.BOS):
+        continue
+      keep.append(t)
+      tokens.extend(self.vocab.decode_tokens([i]) or [vocab_lib.SPECIALS[vocab_lib.UNK]])
+    probs = np.exp(out["token_logprobs"].astype(np.float64)[keep])
+    att = attention_to_image(out["attention"][keep].astype(np.float32),
+                             out["feature_hw"], image.shape)
+    return Prediction(latex=" ".join(tokens), tokens=tokens,
+                      token_probs=[float(p) for p in probs], attention=att,
+                      logprob=float(out["logprobs"]), image=image, timings={})
+
+
+def default_model_dir() -> str | None:
+  """$IM2LATEX_MODEL, else the shipped model directory if it holds one."""
+  env = os.environ.get(MODEL_ENV)
+  if env:
+    return env
+  if os.path.exists(os.path.join(SHIPPED_MODEL_DIR, "config.json")):
+    return SHIPPED_MODEL_DIR
+  return None
+
+
+def load_predictor(workdir: str | None = None, *,
+                   batch_sizes: tuple[int, ...] = BATCH_SIZES) -> Predictor:
+  """Loads the best checkpoint of `workdir` (None: the shipped model).
+
+  Raises:
+    NoModelError: workdir is None and there is no shipped model or
+      $IM2LATEX_MODEL.
+    ValueError: the workdir holds no usable model; the message says why.
+  """
+  source = "--workdir"
+  if workdir is None:
+    workdir = default_model_dir()
+    if workdir is None:
+      raise NoModelError(NO_MODEL_MESSAGE)
+    source = f"${MODEL_ENV}" if os.environ.get(MODEL_ENV) else "the shipped model"
+  try:
+    loaded = inference.load_model(workdir)
+  except inference.WorkdirError:
+    raise
+  except (OSError, json.JSONDecodeError, KeyError) as e:
+    raise ValueError(f"cannot load a model from {workdir} ({source}): "
+                     f"{type(e).__name__}: {e}") from None
+  return Predictor(loaded, batch_sizes=batch_sizes)

@@ -1,0 +1,81 @@
+"""Every config file loads, locks, and builds its model; the CLI dispatches."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
+import jax
+import ml_collections
+from ml_collections import config_flags
+import pytest
+
+from im2latex_jax import main as cli
+from im2latex_jax import models
+
+from conftest import REPO
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("arg", [None, "reduced"])
+def test_config_loads_and_locks(path, arg):
+  if path.stem in ("quickstart", "fake_bench") and arg:
+    pytest.skip("takes no protocol argument")
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+  spec = str(path) + (f":{arg}" if arg else "")
+  fv(["prog", f"--config={spec}"])
+  c = fv.config
+  assert isinstance(c, ml_collections.ConfigDict)
+  with pytest.raises(AttributeError):
+    c.optim.lrr = 0.1  # locked: a typo fails loudly
+  if arg == "reduced":
+    assert c.input.eval_split == "validation[7475:]"
+  model = models.get_model(c.model, 100)
+  assert model is not None
+
+
+def _train_cli(*args):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", "im2latex_jax.main", "train", *args],
+                        capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_cli_overrides_apply_and_typos_fail(tmp_path):
+  """Overrides reach the config (also of None-default fields); typos fail."""
+  out = _train_cli("--config", str(REPO / "configs" / "im2markup.py"),
+                   "--workdir", str(tmp_path / "w"),
+                   f"--config.input.manual_dir={tmp_path / 'nowhere'}",
+                   "--config.eval_max_examples=5", "--config.wandb.group=g")
+  assert out.returncode == 1
+  assert f"{tmp_path / 'nowhere'}' does not exist" in out.stderr
+  out = _train_cli("--config", str(REPO / "configs" / "quickstart.py"),
+                   "--workdir", str(tmp_path / "w"), "--config.optim.lrr=0.3")
+  assert out.returncode != 0
+  assert "lrr" in out.stderr
+
+
+def test_bad_protocol():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = next(p for p in CONFIGS if p.stem == "im2markup")
+  spec = importlib.util.spec_from_file_location("c", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  with pytest.raises(ValueError, match="Unknown protocol 'bogus'"):
+    mod.get_config("bogus")
+
+
+def test_cli_unknown_command(capsys):
+  assert cli.run(["im2latex-jax", "frobnicate"]) == 2
+  assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_cli_help(capsys):
+  assert cli.run(["im2latex-jax", "--help"]) == 0
+  out = capsys.readouterr().out
+  for cmd in ("train", "evaluate", "predict", "serve", "render", "sweep"):
+    assert f"im2latex-jax {cmd}" in out

@@ -1,0 +1,265 @@
+"""The real Predictor on a tiny model trained for 4 steps in a tmp workdir.
+
+Checks the contract the server and CLI rely on (fields, shapes, attention
+that sums to 1 over the image), that bucketed batching gives the same tokens
+as one image at a time, that repeated shapes never recompile, the shipped-model
+lookup, and the JSON API backed by the real model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import urllib.request
+
+import jax
+from jax._src import monitoring as jax_monitoring
+import numpy as np
+from PIL import Image, ImageDraw
+import pytest
+
+from conftest import tiny_config
+from conftest_serve import encode, running_server
+from im2latex_jax import inference
+from im2latex_jax import predictor as predictor_lib
+from im2latex_jax import preprocess
+from im2latex_jax import train
+from im2latex_jax.data import vocab as vocab_lib
+from im2latex_jax.serve import app as app_lib
+
+TOKENS = ("a", "b", "c", "x", "y", "+", "-", "=", "^", "_", "{", "}", "\\frac", "1", "2")
+MAX_LEN = 12
+
+
+def _batches(vocab, rng, b=8, h=40, w=160, t=10):
+  while True:
+    tokens = np.zeros((b, t), np.int32)
+    for i in range(b):
+      n = int(rng.integers(2, t - 2))
+      tokens[i, 0] = vocab_lib.BOS
+      tokens[i, 1:n + 1] = rng.integers(4, len(vocab), n)
+      tokens[i, n + 1] = vocab_lib.EOS
+    img = np.full((b, h, w, 1), 255, np.uint8)
+    img[:, 4:30, 4:120] = rng.integers(0, 256, (b, 26, 116, 1))
+    yield {"image": img, "image_hw": np.tile([[h, w]], (b, 1)).astype(np.int32),
+           "tokens": tokens, "weight": np.ones((b,), np.float32)}
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+  """A workdir with a checkpoint of a tiny im2markup model (4 train steps)."""
+  wd = tmp_path_factory.mktemp("predictor_run")
+  cfg = tiny_config()
+  cfg.num_train_steps = 4
+  cfg.eval_every_steps = 2
+  cfg.log_every_steps = 2
+  cfg.evals.max_decode_len = MAX_LEN
+  vocab = vocab_lib.Vocab(list(vocab_lib.SPECIALS) + list(TOKENS))
+  rng = np.random.default_rng(0)
+  eval_batch = next(_batches(vocab, rng, b=16))
+  train.train_and_evaluate(cfg, str(wd), train_iter=_batches(vocab, rng), vocab=vocab,
+                           eval_batches_fn=lambda: [eval_batch])
+  return str(wd)
+
+
+@pytest.fixture(scope="session")
+def predictor(workdir):
+  return predictor_lib.load_predictor(workdir)
+
+
+def formula(text: str, size=(200, 40), seed: int = 0) -> np.ndarray:
+  """A dark-on-white drawing of `text` plus a rule, uint8 [H, W, 3]."""
+  img = Image.new("RGB", size, (255, 255, 255))
+  d = ImageDraw.Draw(img)
+  d.text((6, 4), text, fill=(0, 0, 0))
+  d.line((6, 24, 6 + 7 * len(text) * (1 + seed % 2), 24), fill=(0, 0, 0), width=1)
+  return np.asarray(img)
+
+
+SHORT = [formula("a+b", seed=0), formula("x=y", seed=1), formula("a-b", seed=1)]
+LONG = formula("a+b+c+d+e+f+g+h+i+j+k+l+m+n+o+p+q+r+s", size=(400, 40))
+
+
+def test_images_land_on_two_buckets(predictor):
+  shapes = {predictor.preprocess(im).shape for im in SHORT}
+  assert len(shapes) == 1
+  assert predictor.preprocess(LONG).shape not in shapes
+  assert all(s in predictor.buckets for s in shapes)
+
+
+def test_prediction_fields_and_shapes(predictor):
+  [p] = predictor.predict([SHORT[0]])
+  h, w = p.image.shape
+  assert p.image.dtype == np.uint8 and (h, w) in predictor.buckets
+  assert p.latex == " ".join(p.tokens)
+  assert 0 < len(p.tokens) <= MAX_LEN
+  assert len(p.token_probs) == len(p.tokens)
+  assert all(0.0 <= q <= 1.0 for q in p.token_probs)
+  assert p.attention.dtype == np.float32
+  assert p.attention.shape == (len(p.tokens), h, w)
+  np.testing.assert_allclose(p.attention.sum(axis=(1, 2)), 1.0, atol=1e-4)
+  assert p.attention.min() >= 0
+  # Greedy: the sequence log-prob is the tokens' plus EOS's (if emitted).
+  assert p.logprob <= np.log(p.token_probs).sum() + 1e-4
+  assert {"preprocess", "encode_decode", "postprocess", "total"} <= set(p.timings)
+  assert all(v >= 0 for v in p.timings.values())
+
+
+def test_batched_equals_one_at_a_time_with_mixed_buckets(predictor):
+  images = [SHORT[0], LONG, SHORT[1], SHORT[2]]
+  together = predictor.predict(images)
+  alone = [predictor.predict([im])[0] for im in images]
+  for t, a in zip(together, alone):
+    assert t.tokens == a.tokens
+    np.testing.assert_allclose(t.token_probs, a.token_probs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(t.attention, a.attention, rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(t.image, a.image)
+  # 3 short images share one padded batch of 8; the long one ran alone.
+  short, long_ = together[0].image.shape, together[1].image.shape
+  keys = predictor.compiled_keys
+  assert (1, short, 8) in keys and (1, long_, 1) in keys and (1, short, 1) in keys
+
+
+def test_no_recompile_for_repeated_shapes(predictor):
+  images = [SHORT[0], LONG, SHORT[1]]
+  predictor.predict(images)
+  keys = predictor.compiled_keys
+  events = []
+
+  def listener(event, duration, **_):
+    if event.startswith("/jax/core/compile"):
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    predictor.predict(images)
+    predictor.predict(images[::-1])
+  finally:
+    jax_monitoring.unregister_event_duration_listener(listener)
+  assert not events
+  assert predictor.compiled_keys == keys
+
+
+def test_beam_search_has_probs_and_attention(predictor):
+  [greedy] = predictor.predict([SHORT[0]], beam_size=1)
+  [beam] = predictor.predict([SHORT[0]], beam_size=3)
+  assert beam.latex == " ".join(beam.tokens)
+  assert len(beam.token_probs) == len(beam.tokens)
+  assert beam.attention.shape == (len(beam.tokens),) + beam.image.shape
+  np.testing.assert_allclose(beam.attention.sum(axis=(1, 2)), 1.0, atol=1e-4)
+  assert beam.logprob >= greedy.logprob - 1e-4
+  # The teacher-forced rescoring agrees with the search's own score.
+  [out], _ = predictor._run(beam.image.shape, [beam.image], 3)  # pylint: disable=protected-access
+  length = int(np.sum(np.cumsum(out["tokens"] == vocab_lib.EOS) == 0) + 1)
+  length = min(length, MAX_LEN)
+  np.testing.assert_allclose(out["token_logprobs"][:length].sum(), out["logprobs"],
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_more_images_than_the_largest_batch(predictor):
+  small = predictor_lib.Predictor(predictor._loaded, batch_sizes=(1, 2))  # pylint: disable=protected-access
+  images = [SHORT[0], SHORT[1], SHORT[2], SHORT[0], SHORT[1]]
+  preds = small.predict(images)
+  bucket = preds[0].image.shape
+  assert sorted(small.compiled_keys) == [(1, bucket, 1), (1, bucket, 2)]
+  assert [p.tokens for p in preds] == [p.tokens for p in predictor.predict(images)]
+
+
+def test_bad_image_and_bad_beam(predictor):
+  blank = np.full((40, 200), 255, np.uint8)
+  with pytest.raises(preprocess.ImageError, match="blank"):
+    predictor.predict([SHORT[0], blank])
+  with pytest.raises(ValueError, match="beam_size"):
+    predictor.predict([SHORT[0]], beam_size=0)
+  assert predictor.predict([]) == []
+
+
+def test_attention_to_image_spreads_cells_evenly():
+  att = np.zeros((1, 6 * 25), np.float32)
+  att[0, 0] = 0.5   # top-left cell
+  att[0, -1] = 0.5  # bottom-right cell
+  img = predictor_lib.attention_to_image(att, (6, 25), (50, 200))
+  assert img.shape == (1, 50, 200)
+  np.testing.assert_allclose(img.sum(), 1.0, rtol=1e-6)
+  # 50 rows over 6 cells: cell 0 holds rows 0..8 (9 rows), the last 41..49.
+  assert img[0, 0, 0] == pytest.approx(0.5 / (9 * 8))
+  assert img[0, 8, 7] > 0 and img[0, 9, 0] == 0 and img[0, 0, 8] == 0
+  assert img[0, 49, 199] > 0 and img[0, 40, 199] == 0
+
+
+def test_batch_size_for():
+  assert [predictor_lib.batch_size_for(n) for n in (1, 2, 8, 9, 32, 40)] == [
+      1, 8, 8, 32, 32, 32]
+
+
+def test_no_model_error(monkeypatch, tmp_path):
+  monkeypatch.setattr(predictor_lib, "SHIPPED_MODEL_DIR", str(tmp_path / "model"))
+  monkeypatch.delenv(predictor_lib.MODEL_ENV, raising=False)
+  with pytest.raises(predictor_lib.NoModelError, match="--workdir"):
+    predictor_lib.load_predictor(None)
+
+
+def test_shipped_model_and_env_var(monkeypatch, workdir, tmp_path):
+  monkeypatch.delenv(predictor_lib.MODEL_ENV, raising=False)
+  monkeypatch.setattr(predictor_lib, "SHIPPED_MODEL_DIR", workdir)
+  assert predictor_lib.load_predictor(None).model_id.endswith("@4")
+  monkeypatch.setattr(predictor_lib, "SHIPPED_MODEL_DIR", str(tmp_path / "none"))
+  monkeypatch.setenv(predictor_lib.MODEL_ENV, workdir)
+  assert predictor_lib.default_model_dir() == workdir
+  monkeypatch.setenv(predictor_lib.MODEL_ENV, str(tmp_path))
+  with pytest.raises(ValueError, match="config.json"):
+    predictor_lib.load_predictor(None)
+
+
+def test_bad_workdir_is_a_value_error(tmp_path):
+  with pytest.raises(ValueError, match="does not exist"):
+    predictor_lib.load_predictor(str(tmp_path / "missing"))
+  with pytest.raises(ValueError, match="no config.json"):
+    predictor_lib.load_predictor(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps({"optim": {}}))
+  with pytest.raises(ValueError):
+    predictor_lib.load_predictor(str(tmp_path))
+
+
+# ---- the JSON API with the real model ------------------------------------------
+
+
+def test_api_with_real_predictor(predictor):
+  client = app_lib.create_app(lambda: predictor).test_client()
+  png = encode(Image.fromarray(SHORT[0]))
+  for beam in ("1", "3"):
+    resp = client.post("/api/predict", data={"image": (io.BytesIO(png), "f.png"),
+                                             "beam": beam})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert body["model_id"] == predictor.model_id
+    assert body["latex"] == " ".join(body["tokens"])
+    assert len(body["token_probs"]) == len(body["tokens"])
+    assert len(body["attention"]["maps"]) == len(body["tokens"])
+    assert body["image"].startswith("data:image/png;base64,")
+    assert body["beam"] == int(beam)
+    assert {"preprocess", "encode_decode", "total", "request"} <= set(body["timings"])
+  assert client.get("/healthz").get_json() == {"status": "ok",
+                                                "model_id": predictor.model_id}
+
+
+def test_concurrent_requests_on_real_model(predictor):
+  app = app_lib.create_app(lambda: predictor)
+  pngs = [encode(Image.fromarray(im)) for im in SHORT + [LONG]]
+  expected = {i: predictor.predict([im])[0].latex
+              for i, im in enumerate(SHORT + [LONG])}
+
+  def post(i):
+    req = urllib.request.Request(url + "/api/predict", data=pngs[i % 4],
+                                 headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+      return i, resp.status, json.load(resp)
+
+  with running_server(app, threads=8) as url:
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+      results = list(pool.map(post, range(20)))
+  assert len(results) == 20
+  for i, status, body in results:
+    assert status == 200
+    assert body["latex"] == expected[i % 4]

@@ -1,0 +1,135 @@
+"""End to end: train_and_evaluate on the embedded data; resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from im2latex_jax import inference
+from im2latex_jax import train
+from im2latex_jax import writers
+
+from conftest import REPO, tiny_config
+
+
+def _cfg(tfds_dir, steps):
+  c = tiny_config()
+  c.input.data_dir = str(tfds_dir)
+  c.num_train_steps = steps
+  c.eval_every_steps = 3
+  c.log_every_steps = 1
+  c.eval_max_examples = 32
+  return c
+
+
+def _train_losses(workdir):
+  return {r["step"]: r["train/loss"] for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in r}
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tfds_dir, tmp_path):
+  """3 steps + restart + 3 steps == 6 steps: same batches, params, optimizer, plateau."""
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  final_a = train.train_and_evaluate(_cfg(tfds_dir, 6), a)
+  train.train_and_evaluate(_cfg(tfds_dir, 3), b)
+  assert sorted(_train_losses(b)) == [1, 2, 3]
+  final_b = train.train_and_evaluate(_cfg(tfds_dir, 6), b)
+  assert final_a["step"] == final_b["step"] == 6
+  la, lb = _train_losses(a), _train_losses(b)
+  assert sorted(lb) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([lb[s] for s in range(1, 7)], [la[s] for s in range(1, 7)], rtol=1e-5)
+
+  from im2latex_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  states = []
+  for w in (a, b):
+    lm = inference.load_model(w, "latest")
+    assert lm.step == 6
+    mngr = checkpointing.make_manager(w, read_only=True)
+    model, tx, plateau = train.build_model_and_optimizer(lm.config, len(lm.vocab))
+    abstract = jax.eval_shape(train.make_init_fn(model, tx, plateau, lm.config, (32, 128)),
+                              jax.random.key(0))
+    states.append(checkpointing.restore(mngr, 6, abstract)[0])
+  chex.assert_trees_all_close(states[0].params, states[1].params, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(states[0].opt_state, states[1].opt_state, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(states[0].plateau, states[1].plateau)
+  # Run files are there; the vocabulary was saved once and reused.
+  for f in ("config.json", "vocab.txt", "metrics.jsonl", "final_metrics.json"):
+    assert os.path.exists(os.path.join(b, f))
+
+
+TINY_FLAGS = [
+    "--config.model.cnn_features=(4,8,8,8,16,16)", "--config.model.encoder_hidden=8",
+    "--config.model.decoder_hidden=16", "--config.model.embed_dim=8",
+    "--config.input.batch_size=8", "--config.input.eval_batch_size=16",
+    "--config.eval_max_examples=16", "--config.log_every_steps=1",
+    "--config.wandb.mode=disabled",
+]
+
+
+def _cli(workdir, steps, tfds_dir, every=4):
+  env = dict(os.environ, TFDS_DATA_DIR=str(tfds_dir), PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)  # one CPU device, like a user's run
+  return [sys.executable, "-m", "im2latex_jax.main", "train",
+          "--config", str(REPO / "configs" / "quickstart.py"), "--workdir", workdir,
+          f"--config.num_train_steps={steps}", f"--config.eval_every_steps={every}",
+          *TINY_FLAGS], env
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes(tfds_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  cmd, env = _cli(workdir, 10_000, tfds_dir)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          start_new_session=True)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline:
+      steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+      if any(s >= 8 for s in steps):
+        break
+      assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+      time.sleep(0.2)
+    else:
+      pytest.fail("no checkpoint within 240 s")
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+  kept = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  last = kept[-1]
+  cmd, env = _cli(workdir, last + 4, tfds_dir)
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"at step {last}" in out.stderr, out.stderr[-3000:]
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    assert json.load(f)["step"] == last + 4
+  steps_logged = sorted(_train_losses(workdir))
+  assert steps_logged[-4:] == [last + 1, last + 2, last + 3, last + 4]
+
+
+def test_non_divisible_batch_is_a_clear_cli_error(tfds_dir, tmp_path):
+  cmd, env = _cli(str(tmp_path / "w"), 2, tfds_dir)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  cmd.append("--config.input.batch_size=12")
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert "batch_size=12 is not divisible by the 8 devices" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_missing_data_dir_is_a_clear_cli_error(tfds_dir, tmp_path):
+  cmd, env = _cli(str(tmp_path / "w"), 2, tfds_dir)
+  cmd.append(f"--config.input.manual_dir={tmp_path / 'nowhere'}")
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert "does not exist" in out.stderr and "im2latex_formulas.norm.lst" in out.stderr
+  assert "Traceback" not in out.stderr
