@@ -328,7 +328,7 @@ def read_split_formulas(formulas_path: str, split_lists: Sequence[str]
   return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str]) -> int:
   """`im2latex-jax gen-formulas`: writes generated formulas, one a line."""
   p = argparse.ArgumentParser(
       prog='im2latex-jax gen-formulas',
@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument('--n', type=int, default=20000, help='how many formulas')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', required=True, help='output file, one a line')
-  args = p.parse_args(argv)
+  args = p.parse_args(list(argv)[1:])
   train = read_split_formulas(args.formulas, args.split_list)
   if not train:
     print(f'no formulas found through {args.split_list}', file=sys.stderr)
@@ -356,4 +356,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(main(sys.argv))

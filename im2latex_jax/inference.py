@@ -48,13 +48,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+EXPORTED_PARAMS = "params.msgpack"
+
+
 def load_model(workdir: str, step: int | str = "best") -> LoadedModel:
-  """Restores params and batch stats of `step` ('best', 'latest' or a number)."""
+  """Restores params and batch stats of `step` ('best', 'latest' or a number).
+
+  `workdir` is a training workdir, or a directory written by `export_model`
+  (params.msgpack + config.json + vocab.txt; `step` is then ignored).
+  """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(workdir):
     raise WorkdirError(f"Workdir {workdir} does not exist.")
   config = load_config(workdir)
   vocab = vocab_lib.Vocab.load(os.path.join(workdir, vocab_lib.VOCAB_FILENAME))
+  if os.path.exists(os.path.join(workdir, EXPORTED_PARAMS)):
+    return _load_exported(workdir, config, vocab)
   metric = config.optim.plateau.metric
   mngr = checkpointing.make_manager(workdir, metric, read_only=True)
   steps = mngr.all_steps()
@@ -125,3 +134,60 @@ def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
 
 def ids_to_strings(vocab: vocab_lib.Vocab, tokens: np.ndarray) -> list[str]:
   return [vocab.decode(row) for row in np.asarray(tokens)]
+
+
+def _abstract_variables(config, vocab_size):
+  model, tx, plateau = train.build_model_and_optimizer(config, vocab_size)
+  init = train.make_init_fn(model, tx, plateau, config, (32, 128))
+  state = jax.eval_shape(init, jax.random.key(0))
+  return model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _load_exported(path: str, config, vocab) -> LoadedModel:
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  model, abstract = _abstract_variables(config, len(vocab))
+  with open(os.path.join(path, EXPORTED_PARAMS), "rb") as f:
+    raw = flax.serialization.msgpack_restore(f.read())
+  meta = raw.pop("meta", {})
+  # Stored in bfloat16 to keep the shipped file small; computed in float32.
+  variables = jax.tree.map(lambda a, x: jnp.asarray(x, a.dtype), abstract,
+                           {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})})
+  step = int(meta.get("step", 0))
+  return LoadedModel(model, variables, vocab, config, step,
+                     str(meta.get("model_id", f"{os.path.basename(path)}@{step}")))
+
+
+def export_model(workdir: str, out_dir: str, step: int | str = "best",
+                 dtype: str = "bfloat16", extra_meta: dict | None = None) -> str:
+  """Writes a small, self-contained model dir (params + config + vocab)."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  lm = load_model(workdir, step)
+  os.makedirs(out_dir, exist_ok=True)
+  cast = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, dtype)), lm.variables)
+  meta = {"step": lm.step, "model_id": lm.model_id, "dtype": dtype, **(extra_meta or {})}
+  with open(os.path.join(out_dir, EXPORTED_PARAMS), "wb") as f:
+    f.write(flax.serialization.msgpack_serialize({**cast, "meta": meta}))
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    f.write(lm.config.to_json_best_effort(indent=2, sort_keys=True))
+  lm.vocab.save(os.path.join(out_dir, vocab_lib.VOCAB_FILENAME))
+  return out_dir
+
+
+def export_main(argv: list[str]) -> int:
+  """`im2latex-jax export-model --workdir W --out DIR [--step best] [--dtype bfloat16]`."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(prog=argv[0], description=export_main.__doc__)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--step", default="best", help="'best', 'latest' or a step number")
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  args = p.parse_args(argv[1:])
+  try:
+    out = export_model(args.workdir, args.out, args.step, args.dtype)
+  except (WorkdirError, FileNotFoundError) as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 2
+  size = os.path.getsize(os.path.join(out, EXPORTED_PARAMS))
+  print(f"exported {args.workdir} ({args.step}) -> {out} ({size / 1e6:.1f} MB)")
+  return 0

@@ -8,6 +8,8 @@
   im2latex-jax gen-formulas --formulas F --split-list L --n N --out OUT
   im2latex-jax sweep    --space configs/sweeps/<name>.py --study NAME
   im2latex-jax bench    [--config ...]
+  im2latex-jax merge-data --out DIR --add DIR[:split] --add DIR[:split] ...
+  im2latex-jax export-model --workdir W --out DIR [--dtype bfloat16]
 
 Each subcommand lives in the module named for its concern; this file only
 sets up the process (compilation cache, logging) and dispatches.
@@ -29,6 +31,8 @@ COMMANDS = {
     "gen-formulas": ("im2latex_jax.formula_gen", "main"),
     "sweep": ("im2latex_jax.sweep", "main"),
     "bench": ("im2latex_jax.bench", "main"),
+    "export-model": ("im2latex_jax.inference", "export_main"),
+    "merge-data": ("im2latex_jax.data.merge", "main"),
 }
 
 

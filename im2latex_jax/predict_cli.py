@@ -12,6 +12,7 @@ others go on; the exit code is 1 if any failed, 2 for a usage or model error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -147,7 +148,8 @@ def main(argv: list[str], predictor=None, out: TextIO | None = None,
     return 2
 
   if predictor is None:
-    from im2latex_jax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+    # Looked up in sys.modules at call time (tests swap the module).
+    predictor_lib = importlib.import_module("im2latex_jax.predictor")
     try:
       predictor = predictor_lib.load_predictor(args.workdir)
     except (predictor_lib.NoModelError, ValueError) as e:

@@ -430,7 +430,7 @@ def main(argv: list[str]) -> int:
   Failures are listed on stderr and in DIR/render_failures.tsv
   (`index<TAB>error<TAB>formula`); they never stop the run.
   """
-  args = _parse_args(argv)
+  args = _parse_args(list(argv)[1:])
   with open(args.formulas, encoding='utf-8') as fh:
     formulas = fh.read().split('\n')
   if formulas and formulas[-1] == '':
@@ -470,4 +470,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(main(sys.argv))

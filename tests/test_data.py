@@ -125,3 +125,21 @@ def test_eval_counts_every_example_once(embedded_data):
     assert np.all((b["weight"] > 0) == (b["image_name"] != b""))
   assert total_batches == nb
   assert len(names) == len(set(names)) == n == 120
+
+
+def test_merge_data_dirs(tmp_path):
+  from im2latex_jax.data import merge  # pylint: disable=g-import-not-at-top
+  src = input_pipeline.EMBEDDED_DIR
+  out = tmp_path / "merged"
+  counts = merge.merge([(src, None), (src, ["validation"])], str(out))
+  assert counts == {"train": 720, "validation": 240}
+  formulas = im2latex100k.read_formulas(str(out / im2latex100k.FORMULAS_FILE))
+  pairs = im2latex100k.read_split_list(str(out / im2latex100k.SPLIT_FILES["validation"]),
+                                       len(formulas))
+  names = [n for n, _ in pairs]
+  assert len(set(names)) == 240 and sum(n.startswith("s1_") for n in names) == 120
+  assert all((out / im2latex100k.IMAGES_DIR / n).exists() for n in names)
+  # The same formula for an image and its renamed copy.
+  by_name = dict(pairs)
+  assert formulas[by_name["s1_" + names[0]]] == formulas[by_name[names[0]]]
+  assert sorted(im2latex100k.check_data_dir(str(out))) == ["train", "validation"]

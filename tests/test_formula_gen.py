@@ -102,7 +102,7 @@ def test_cli(tmp_path):
   # The last formula is "evaluation": not in the list, never used.
   split.write_text(''.join(f'img{i}.png {i}\n' for i in range(len(TRAIN))))
   out = tmp_path / 'gen.lst'
-  rc = formula_gen.main(['--formulas', str(formulas), '--split-list',
+  rc = formula_gen.main(['im2latex-jax gen-formulas', '--formulas', str(formulas), '--split-list',
                          str(split), '--n', '50', '--out', str(out)])
   assert rc == 0
   lines = out.read_text().splitlines()

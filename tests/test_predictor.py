@@ -107,7 +107,7 @@ def test_prediction_fields_and_shapes(predictor):
 
 
 def test_batched_equals_one_at_a_time_with_mixed_buckets(predictor):
-  images = [SHORT[0], LONG, SHORT[1], SHORT[2]]
+  images = [SHORT[0], LONG, SHORT[1], SHORT[2], SHORT[0], SHORT[1]]
   together = predictor.predict(images)
   alone = [predictor.predict([im])[0] for im in images]
   for t, a in zip(together, alone):
@@ -115,7 +115,7 @@ def test_batched_equals_one_at_a_time_with_mixed_buckets(predictor):
     np.testing.assert_allclose(t.token_probs, a.token_probs, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(t.attention, a.attention, rtol=1e-3, atol=1e-6)
     np.testing.assert_array_equal(t.image, a.image)
-  # 3 short images share one padded batch of 8; the long one ran alone.
+  # 5 short images share one padded batch of 8; the long one ran alone.
   short, long_ = together[0].image.shape, together[1].image.shape
   keys = predictor.compiled_keys
   assert (1, short, 8) in keys and (1, long_, 1) in keys and (1, short, 1) in keys
@@ -150,7 +150,7 @@ def test_beam_search_has_probs_and_attention(predictor):
   np.testing.assert_allclose(beam.attention.sum(axis=(1, 2)), 1.0, atol=1e-4)
   assert beam.logprob >= greedy.logprob - 1e-4
   # The teacher-forced rescoring agrees with the search's own score.
-  [out], _ = predictor._run(beam.image.shape, [beam.image], 3)  # pylint: disable=protected-access
+  [out], _ = predictor._run(beam.image.shape, [beam.image], 3, 1)  # pylint: disable=protected-access
   length = int(np.sum(np.cumsum(out["tokens"] == vocab_lib.EOS) == 0) + 1)
   length = min(length, MAX_LEN)
   np.testing.assert_allclose(out["token_logprobs"][:length].sum(), out["logprobs"],
@@ -188,9 +188,18 @@ def test_attention_to_image_spreads_cells_evenly():
   assert img[0, 49, 199] > 0 and img[0, 40, 199] == 0
 
 
-def test_batch_size_for():
-  assert [predictor_lib.batch_size_for(n) for n in (1, 2, 8, 9, 32, 40)] == [
-      1, 8, 8, 32, 32, 32]
+def test_plan_batches():
+  plan = predictor_lib.plan_batches
+  assert plan(1) == [(1, 1)]
+  assert plan(2) == [(1, 1), (1, 1)]  # 6 of 8 would be padding
+  assert plan(5) == [(5, 8)]
+  assert plan(12) == [(8, 8), (4, 8)]
+  assert plan(20) == [(20, 32)]
+  assert plan(70) == [(32, 32), (32, 32), (6, 8)]
+  assert plan(5, (1, 2)) == [(2, 2), (2, 2), (1, 1)]
+  for n in range(1, 80):
+    assert sum(c for c, _ in plan(n)) == n
+    assert all(c <= b and b in predictor_lib.BATCH_SIZES for c, b in plan(n))
 
 
 def test_no_model_error(monkeypatch, tmp_path):

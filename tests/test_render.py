@@ -72,7 +72,7 @@ def test_cli_writes_dataset_layout(tmp_path, capsys):
   src = tmp_path / 'f.lst'
   src.write_text('a + b\n\\undefinedmacro\nx ^ { 2 }\nnot used\n')
   out = tmp_path / 'out'
-  assert render.main(['--formulas', str(src), '--out', str(out), '--split',
+  assert render.main(['im2latex-jax render', '--formulas', str(src), '--out', str(out), '--split',
                       'validate', '--limit', '3', '--workers', '1']) == 0
   assert (out / 'im2latex_formulas.norm.lst').read_text().splitlines() == [
       'a + b', '\\undefinedmacro', 'x ^ { 2 }']

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import importlib
 import logging
 import math
 import queue
@@ -352,7 +353,8 @@ def main(argv: list[str]) -> int:
     factory = fake.FakePredictor
   else:
     def factory():
-      from im2latex_jax import predictor  # pylint: disable=g-import-not-at-top
+      # Looked up in sys.modules at call time (tests swap the module).
+      predictor = importlib.import_module("im2latex_jax.predictor")
       return predictor.load_predictor(args.workdir)
 
   app = create_app(factory, max_batch=args.max_batch)
