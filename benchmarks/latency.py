@@ -27,7 +27,6 @@ import tarfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 

@@ -398,9 +398,11 @@ def _summary(r: dict) -> str:
 def main(argv: list[str]) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  # --skip-torch as well as --skip_torch.
+  argv = ["--" + a[2:].replace("-", "_") if a.startswith("--skip-") else a for a in argv]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file[:arg].",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("out", None, "Write the JSON here too.", flag_values=fv)
   flags.DEFINE_integer("steps", 5, "Timed steps per key (median).", flag_values=fv)
   flags.DEFINE_bool("skip_torch", False, "Skip the PyTorch reference.", flag_values=fv)
@@ -409,8 +411,6 @@ def main(argv: list[str]) -> int:
   flags.DEFINE_enum("keys", "all", ["all", "main"], "Time every key or the main one.",
                     flag_values=fv)
   flags.DEFINE_integer("decode_reps", 5, "Timed decoding calls.", flag_values=fv)
-  # --skip-torch as well as --skip_torch.
-  argv = ["--" + a[2:].replace("-", "_") if a.startswith("--skip-") else a for a in argv]
   fv(argv)
   r = run(fv.config, steps=fv.steps, skip_torch=fv.skip_torch, keys=fv.keys,
           decode_reps=fv.decode_reps, skip_decode=fv.skip_decode,

@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.augment = augment_config.default_config()
 
   c.model = ml_collections.ConfigDict()
-  # 'im2markup' or 'baseline'.
+  # 'im2markup', 'baseline' or 'transformer'.
   c.model.name = "im2markup"
   # CNN channels of the six im2markup conv layers.
   c.model.cnn_features = (64, 128, 256, 256, 512, 512)
@@ -58,7 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.max_rows = 100
   c.model.decoder_hidden = 512
   c.model.embed_dim = 80
-  # Dropout before the output projection (im2markup: 0).
+  # Dropout before the output projection (im2markup: 0); the transformer
+  # applies it to every residual branch, the embeddings and the MLP hidden layer.
   c.model.dropout = 0.0
   # 'uniform' (im2markup: U[-init_scale, init_scale] everywhere),
   # 'conv_he' (the seed: He-normal conv kernels, Flax defaults elsewhere) or 'default'.
@@ -67,6 +68,28 @@ def base_config() -> ml_collections.ConfigDict:
   # Baseline only: images are resized to this (H, W).
   c.model.resize_hw = (64, 256)
   c.model.attention_dim = 256
+  # Transformer only (models/transformer.py). ResNet channels of the 3 stages
+  # (each stage starts with a 2×2 max pool: H, W reduced by 8).
+  c.model.resnet_features = (64, 128, 256)
+  # Residual blocks (two 3×3 convs each) per stage.
+  c.model.resnet_blocks = (2, 2, 2)
+  # Model width (channels of memory, embeddings and attention), in features.
+  c.model.d_model = 256
+  # Attention heads per layer (d_model must be divisible by it).
+  c.model.num_heads = 4
+  # Hidden units of each Transformer MLP.
+  c.model.mlp_dim = 1024
+  # Transformer encoder layers over the feature cells (0: ResNet + 2-D encoding only).
+  c.model.encoder_layers = 2
+  # Transformer decoder layers.
+  c.model.num_layers = 3
+  # Decoder positions (and KV-cache length), in tokens; must be >= the longest
+  # token bucket + 1 and >= config.evals.max_decode_len.
+  c.model.max_len = 160
+  # Decoder token positions: 'sinusoidal' or 'learned'.
+  c.model.pos_embedding = "sinusoidal"
+  # Share the token embedding with the output projection.
+  c.model.tie_embeddings = True
   # Computation dtype ('float32' or 'bfloat16'); parameters stay float32.
   c.model.dtype = "float32"
 

@@ -168,6 +168,9 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
                                          [p.prediction for p in preds],
                                          workers=args.workers))
     m["image_render_seconds"] = time.perf_counter() - t
+    if m["image_num_evaluated"] < n:
+      print(f"warning: {n - m['image_num_evaluated']} of {n} gold formulas did not render; "
+            "image metrics leave them out.", file=sys.stderr)
 
   decode_s = timings["decode_seconds"]
   m.update(examples=n, decode_seconds=decode_s, images_per_sec=n / max(decode_s, 1e-9),

@@ -97,9 +97,10 @@ def make_sampler(space: Space):
   """The space's sampler. Its seed is offset per worker process: with one seed,
   parallel workers would draw the same random start-up trials."""
   optuna = _optuna()
-  seed = None if space.seed is None else int(space.seed) + os.getpid()
   if space.sampler == "grid":
-    return _GridSampler(space.grid(), seed=seed)
+    # GridSampler shuffles its grid with the seed: all workers need the same.
+    return _GridSampler(space.grid(), seed=space.seed or 0)
+  seed = None if space.seed is None else int(space.seed) + os.getpid()
   if space.sampler == "gp":
     try:
       return optuna.samplers.GPSampler(seed=seed)

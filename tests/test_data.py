@@ -143,3 +143,12 @@ def test_merge_data_dirs(tmp_path):
   by_name = dict(pairs)
   assert formulas[by_name["s1_" + names[0]]] == formulas[by_name[names[0]]]
   assert sorted(im2latex100k.check_data_dir(str(out))) == ["train", "validation"]
+
+
+def test_split_order_is_the_list_order(embedded_data):
+  cfg, data = embedded_data
+  names = [l.split()[0] for l in open(os.path.join(input_pipeline.EMBEDDED_DIR,
+                                                   im2latex100k.SPLIT_FILES["validation"]))]
+  got = [ex["image_name"].decode() for ex in
+         data.builder.as_dataset(split="validation[100:]").as_numpy_iterator()]
+  assert got == names[100:]

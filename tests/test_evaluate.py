@@ -19,6 +19,8 @@ from im2latex_jax import evaluate
 from im2latex_jax import evaluators
 from im2latex_jax import inference
 from im2latex_jax import metrics
+# Imported before any test changes PATH: render.py copies os.environ for TeX at import.
+from im2latex_jax import render  # pylint: disable=unused-import
 from im2latex_jax import sharding
 from im2latex_jax import train
 from im2latex_jax.data import input_pipeline

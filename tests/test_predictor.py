@@ -21,7 +21,6 @@ import pytest
 
 from conftest import tiny_config
 from conftest_serve import encode, running_server
-from im2latex_jax import inference
 from im2latex_jax import predictor as predictor_lib
 from im2latex_jax import preprocess
 from im2latex_jax import train

@@ -170,6 +170,10 @@ def test_bayes_sweep_two_workers_survives_sigkill(tmp_path, embedded_data):
                          start_new_session=True)
   try:
     _wait_for(out1, "done: eval/loss", p, timeout=240)
+    t0 = time.time()  # the worker prints "done" just before Optuna records it
+    while not any(t.state.name == "COMPLETE" for t in _study(root, "b").trials):
+      assert time.time() - t0 < 60
+      time.sleep(0.2)
   finally:
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()

@@ -119,8 +119,10 @@ def _decode_gray(name: str, data: bytes) -> np.ndarray:
 class Im2latex100k(tfds.core.GeneratorBasedBuilder):
   """im2latex-100k (Deng et al. 2017), processed images and normalized formulas."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Official processed release layout."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Official processed release layout.",
+                   "1.1.0": "Examples kept in the order of the split lists."}
+
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Put the official processed files in the manual dir: {FORMULAS_FILE},
   {', '.join(SPLIT_FILES.values())} (any subset of splits) and {IMAGES_TAR}
@@ -135,6 +137,10 @@ class Im2latex100k(tfds.core.GeneratorBasedBuilder):
             "image_name": tfds.features.Text(),
         }),
         supervised_keys=("image", "formula"),
+        # Keep the list order, so that 'validation[7475:]' means the last
+        # 1,000 lines of the validation list (the reduced-label protocol's
+        # holdout) and not a hash-ordered subset.
+        disable_shuffling=True,
         homepage="https://github.com/harvardnlp/im2markup",
         citation="""@inproceedings{deng2017image,
   title={Image-to-Markup Generation with Coarse-to-Fine Attention},
@@ -172,17 +178,21 @@ class Im2latex100k(tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, pairs, formulas, images_path):
+    # The archive is read once and only this split's (encoded) images are
+    # kept in memory, so that examples can be yielded in list order.
     wanted = {name: idx for name, idx in pairs}
-    seen = set()
+    found = {}
     for name, data in _iter_images(images_path):
-      if name in wanted and name not in seen:
-        seen.add(name)
+      if name in wanted:
+        found[name] = data
+    for name, idx in pairs:
+      if name in found:
         yield name, {
-            "image": _decode_gray(name, data),
-            "formula": formulas[wanted[name]],
+            "image": _decode_gray(name, found[name]),
+            "formula": formulas[idx],
             "image_name": name,
         }
-    missing = [n for n in wanted if n not in seen]
+    missing = [n for n in wanted if n not in found]
     if missing:
       raise DataFormatError(
           f"{len(missing)} images named in the split list are not in "

@@ -255,7 +255,7 @@ def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
   example_fn = _example_fn(tf, keys, data.vocab, key_fn, keep_strings=False)
   base = data.builder.as_dataset(split=split, shuffle_files=True,
                                  decoders=_skip_decoding(),
-                                 read_config=tfds.ReadConfig(shuffle_seed=seed))
+                                 read_config=tfds.ReadConfig(shuffle_seed=seed, enable_ordering_guard=False))
   if cfg.cache:
     base = base.cache()
 

@@ -402,7 +402,7 @@ def _load_config(argv, extra_flags):
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv,
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=argv)
   for name, default in extra_flags.items():
     flags.DEFINE_string(name, default, name, flag_values=fv)
   fv(argv)

@@ -8,8 +8,9 @@ import ml_collections
 from im2latex_jax.models.baseline import Baseline
 from im2latex_jax.models.im2markup import Im2Markup
 from im2latex_jax.models.layers import apply_init_scheme
+from im2latex_jax.models.transformer import Transformer
 
-MODELS = ("im2markup", "baseline")
+MODELS = ("im2markup", "baseline", "transformer")
 
 
 def get_model(cfg: ml_collections.ConfigDict, vocab_size: int):
@@ -26,7 +27,14 @@ def get_model(cfg: ml_collections.ConfigDict, vocab_size: int):
                     cnn_features=tuple(cfg.cnn_features),
                     decoder_hidden=cfg.decoder_hidden, embed_dim=cfg.embed_dim,
                     attention_dim=cfg.attention_dim, dtype=dtype)
+  if cfg.name == "transformer":
+    return Transformer(vocab_size=vocab_size, resnet_features=tuple(cfg.resnet_features),
+                       resnet_blocks=tuple(cfg.resnet_blocks), d_model=cfg.d_model,
+                       num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+                       encoder_layers=cfg.encoder_layers, num_layers=cfg.num_layers,
+                       max_len=cfg.max_len, pos_embedding=cfg.pos_embedding,
+                       tie_embeddings=cfg.tie_embeddings, dropout=cfg.dropout, dtype=dtype)
   raise ValueError(f"Unknown config.model.name {cfg.name!r}; choose one of {MODELS}.")
 
 
-__all__ = ["get_model", "apply_init_scheme", "Im2Markup", "Baseline", "MODELS"]
+__all__ = ["get_model", "apply_init_scheme", "Im2Markup", "Baseline", "Transformer", "MODELS"]

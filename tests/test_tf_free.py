@@ -1,0 +1,130 @@
+"""The TF-free path: shards exported from tf.data train where TensorFlow is absent.
+
+The parent process (TensorFlow installed) exports the embedded data to numpy
+shards and records what tf.data gives; a subprocess in which `import
+tensorflow` raises reads the shards and must see the same step shapes (the
+shared key schedule), the same evaluation batches and the same loss, and must
+run `train_and_evaluate` from `config.input.loader='shards'`.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+from im2latex_jax.data import input_pipeline
+from im2latex_jax.data import shards
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_STEPS = 10
+
+# Shared by parent and child: the loss of one train step from a fixed init.
+STEP_CODE = '''
+import jax, numpy as np
+from im2latex_jax import optim, train
+def step_loss(cfg, vocab_size, batch):
+  model, tx, plateau = train.build_model_and_optimizer(cfg, vocab_size)
+  state = jax.jit(train.make_init_fn(model, tx, plateau, cfg, (32, 128)))(jax.random.key(0))
+  step = jax.jit(train.make_train_step(model, tx, optim.make_lr_schedule(cfg.optim),
+                                       jax.random.key(1)))
+  _, m = step(state, {k: np.asarray(v) for k, v in batch.items()})
+  return float(m["loss_sum"]), float(m["tokens"])
+'''
+
+CHILD = '''
+import json, os, sys, tempfile
+sys.path[:0] = [os.environ["TESTS_DIR"], os.environ["CONFIGS_DIR"]]
+try:
+  import tensorflow
+  raise SystemExit("tensorflow imported although blocked")
+except ImportError:
+  pass
+import numpy as np
+from conftest import tiny_config
+from im2latex_jax.data import shards
+from im2latex_jax import train
+''' + STEP_CODE + '''
+d = shards.load(os.environ["SHARDS"])
+it = shards.train_iterator(d, global_batch_size=8, seed=3)
+shapes = [[*b["image"].shape[1:3], b["tokens"].shape[1]] for b in (next(it) for _ in range(%d))]
+eval0 = next(shards.eval_batches(d, "validation", global_batch_size=16))
+cfg = tiny_config()
+loss = step_loss(cfg, len(d.vocab), eval0)
+with cfg.unlocked():
+  cfg.input.loader = "shards"
+  cfg.input.shards_dir = os.environ["SHARDS"]
+cfg.num_train_steps = 2
+cfg.log_every_steps = 1
+cfg.eval_every_steps = 2
+cfg.eval_max_examples = 16
+final = train.train_and_evaluate(cfg, tempfile.mkdtemp())
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets", "wandb"))
+print("RESULT " + json.dumps({"shapes": shapes, "loss": loss, "eval_tokens": eval0["tokens"].tolist(),
+                              "final_step": final["step"], "final_loss": final.get("loss"),
+                              "tf_modules": bad}))
+''' % NUM_STEPS
+
+
+def test_train_from_shards_without_tensorflow(embedded_data, tmp_path):
+  cfg, data = embedded_data
+  out = tmp_path / "shards"
+  index = shards.export(cfg.input, str(out))
+  assert index["splits"]["train"]["counts"] == data.train_counts.tolist()
+
+  # What tf.data gives on the same examples.
+  it = input_pipeline.create_train_iterator(data, cfg.input, global_batch_size=8, seed=3)
+  want_shapes = [[*b["image"].shape[1:3], b["tokens"].shape[1]]
+                 for b in (next(it) for _ in range(NUM_STEPS))]
+  ds, _, _ = input_pipeline.create_eval_dataset(data, cfg.input, "validation",
+                                                global_batch_size=16)
+  eval0 = next(ds.as_numpy_iterator())
+  ns = {}
+  exec(STEP_CODE, ns)  # pylint: disable=exec-used
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  want_loss = ns["step_loss"](tiny_config(), len(data.vocab), eval0)
+
+  blocker = tmp_path / "blocked"
+  for name in ("tensorflow", "tensorflow_datasets", "wandb"):
+    (blocker / name).mkdir(parents=True)
+    (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHONPATH=os.pathsep.join([str(blocker), str(REPO)]), JAX_PLATFORMS="cpu",
+             SHARDS=str(out), TESTS_DIR=str(REPO / "tests"),
+             CONFIGS_DIR=str(REPO / "configs"), WANDB_MODE="disabled")
+  proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  got = json.loads(line[len("RESULT "):])
+  assert got["tf_modules"] == []
+  assert got["shapes"] == want_shapes
+  np.testing.assert_array_equal(np.array(got["eval_tokens"]), eval0["tokens"])
+  np.testing.assert_allclose(got["loss"], want_loss, rtol=1e-5)
+  assert got["final_step"] == 2 and np.isfinite(got["final_loss"])
+
+
+def test_key_schedule_is_a_function_of_seed_and_step():
+  w = np.array([5.0, 1.0, 3.0])
+  full = shards.key_schedule(7, w, 0, 10_000)
+  np.testing.assert_array_equal(shards.key_schedule(7, w, 4_000, 500), full[4_000:4_500])
+  assert not np.array_equal(shards.key_schedule(8, w, 0, 10_000), full)
+  np.testing.assert_allclose(np.bincount(full) / len(full), w / w.sum(), atol=0.02)
+  np.testing.assert_array_equal(shards.consumed_per_key(7, w, 9_000),
+                                np.bincount(full[:9_000], minlength=3))
+
+
+def test_shard_loader_resumes_exactly():
+  import fake_bench  # pylint: disable=g-import-not-at-top
+  cfg = fake_bench.get_config()
+  cfg.input.fake.examples_per_key = 40
+  d = shards.get_data(cfg.input)
+  full = shards.train_iterator(d, global_batch_size=16, seed=1)
+  batches = [next(full) for _ in range(12)]
+  resumed = shards.train_iterator(d, global_batch_size=16, seed=1, start_step=7)
+  for want in batches[7:]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["tokens"], want["tokens"])
+    np.testing.assert_array_equal(got["image"], want["image"])
