@@ -46,10 +46,13 @@ def make_manager(workdir: str, metric: str = "loss", keep_best: bool = True,
   return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, metrics: dict[str, float]) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, state,
+         metrics: dict[str, float] | None) -> None:
+  """Saves asynchronously; `metrics=None` for a checkpoint outside an eval
+  (kept as the latest, never ranked as best)."""
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave({"step": step, **metrics})),
-            metrics=metrics)
+                                          meta=ocp.args.JsonSave({"step": step, **(metrics or {})})),
+            metrics=metrics or None)
 
 
 def best_step(mngr: ocp.CheckpointManager, metric: str = "loss") -> int | None:

@@ -12,6 +12,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -321,6 +323,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       metrics.update(decode_eval.run(state))
     return metrics
 
+  # SIGTERM (a preemption, `timeout`, a scheduler) ends the run cleanly at the
+  # next step with a checkpoint of that step; rerunning resumes from it.
+  stop = {"signal": None}
+  if threading.current_thread() is threading.main_thread():
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+  else:
+    previous = None
+
   # -------------------------------------------------------------- train loop
   logging.info("Training %s for steps %d..%d.", config.model.name, start_step, num_steps)
   acc, shapes = None, set()
@@ -369,7 +379,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           final.update(metrics)
         metrics["lr_scale"] = float(state.plateau.scale)
         checkpointing.save(mngr, step, state, {k: float(v) for k, v in metrics.items()})
+      elif stop["signal"] is not None:
+        logging.warning("SIGTERM: saving a checkpoint at step %d and stopping.", step)
+        checkpointing.save(mngr, step, state, None)
+        break
   finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
     mngr.wait_until_finished()
     writer.close()
   final = {k: float(np.asarray(v)) for k, v in final.items()}

@@ -133,3 +133,26 @@ def test_missing_data_dir_is_a_clear_cli_error(tfds_dir, tmp_path):
   assert out.returncode == 1
   assert "does not exist" in out.stderr and "im2latex_formulas.norm.lst" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_rerun_resumes(tfds_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  cmd, env = _cli(workdir, 10_000, tfds_dir, every=1000)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while time.time() < deadline and not (os.path.exists(metrics) and _train_losses(workdir)):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert "SIGTERM: saving a checkpoint at step" in err
+  kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert kept and kept[-1] >= 1 and kept[-1] < 1000
+  cmd, env = _cli(workdir, kept[-1] + 2, tfds_dir, every=1000)
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"at step {kept[-1]}" in out.stderr

@@ -41,7 +41,21 @@ def _config(**overrides):
 def _init(model, h=40, w=160, t=6, b=2):
   img = jnp.full((b, h, w, 1), 255, jnp.uint8)
   hw = jnp.tile(jnp.array([[h, w]]), (b, 1))
-  return model.init(jax.random.key(0), img, hw, jnp.zeros((b, t), jnp.int32))
+  return jax.jit(model.init)(jax.random.key(0), img, hw, jnp.zeros((b, t), jnp.int32))
+
+
+def _jit_methods(model, variables):
+  """Jitted forward / encode+init_carry / decode_step (eager applies are slow on CPU)."""
+  forward = jax.jit(lambda img, hw, toks: model.apply(variables, img, hw, toks))
+
+  @jax.jit
+  def encode(img, hw):
+    enc = model.apply(variables, img, hw, method=model.encode)
+    return enc, model.apply(variables, enc, method=model.init_carry)
+
+  step = jax.jit(lambda enc, carry, tok: model.apply(variables, enc, carry, tok,
+                                                     method=model.decode_step))
+  return forward, encode, step
 
 
 def _random_image(rng, b=2, h=40, w=160):
@@ -63,13 +77,13 @@ def test_parameter_count_of_config_file():
 
 def test_output_shapes_per_bucket():
   model = models.get_model(_config().model, V)
-  variables = _init(model)
+  forward, encode, _ = _jit_methods(model, _init(model))
   for h, w in buckets.IM2MARKUP_BUCKETS[:4]:
     img = jnp.full((3, h, w, 1), 200, jnp.uint8)
     hw = jnp.array([[h, w], [h - 5, w // 2], [h, w]])
-    logits = model.apply(variables, img, hw, jnp.zeros((3, 7), jnp.int32))
+    logits = forward(img, hw, jnp.zeros((3, 7), jnp.int32))
     assert logits.shape == (3, 7, V) and logits.dtype == jnp.float32
-    enc = model.apply(variables, img, hw, method=model.encode)
+    enc, carry = encode(img, hw)
     fh, fw = (int(v) for v in enc["feature_hw"][0])
     assert (fh, fw) == (h // 8, w // 8)
     assert enc["memory"].shape == (3, fh * fw, 16) and enc["mask"].shape == (3, fh * fw)
@@ -77,7 +91,6 @@ def test_output_shapes_per_bucket():
     # The half-width image masks the right half of the feature grid.
     assert enc["mask"][1].reshape(fh, fw)[:, : fw // 2].all()
     assert not enc["mask"][1].reshape(fh, fw)[:, fw // 2 + 1:].any()
-    carry = model.apply(variables, enc, method=model.init_carry)
     assert carry["keys"].shape == (3, 2, 12, 2, 8) and carry["pos"].shape == (3,)
     # Beam search flattens and gathers every leaf along the batch dimension.
     for leaf in jax.tree.leaves((enc, carry)):
@@ -87,16 +100,13 @@ def test_output_shapes_per_bucket():
 @pytest.mark.parametrize("pos_embedding,tie", [("sinusoidal", True), ("learned", False)])
 def test_decode_step_matches_teacher_forcing(pos_embedding, tie):
   model = models.get_model(_config(pos_embedding=pos_embedding, tie_embeddings=tie).model, V)
-  variables = _init(model)
+  forward, encode, step = _jit_methods(model, _init(model))
   rng = np.random.default_rng(0)
   img = _random_image(rng)
   hw = jnp.array([[40, 160], [32, 100]])
   toks = jnp.asarray(rng.integers(0, V, (2, 6)), jnp.int32)
-  logits = model.apply(variables, img, hw, toks)
-  enc = model.apply(variables, img, hw, method=model.encode)
-  carry = model.apply(variables, enc, method=model.init_carry)
-  step = jax.jit(lambda enc, carry, tok: model.apply(variables, enc, carry, tok,
-                                                     method=model.decode_step))
+  logits = forward(img, hw, toks)
+  enc, carry = encode(img, hw)
   for t in range(6):
     step_logits, carry, attn = step(enc, carry, toks[:, t])
     np.testing.assert_allclose(step_logits, logits[:, t], atol=1e-5)
@@ -109,7 +119,7 @@ def test_decode_step_matches_teacher_forcing(pos_embedding, tie):
 def test_padding_content_does_not_change_output():
   """Pixels outside image_hw and memory cells outside the mask are ignored."""
   model = models.get_model(_config().model, V)
-  variables = _init(model)
+  forward, encode, step = _jit_methods(model, _init(model))
   rng = np.random.default_rng(1)
   img = np.full((1, 40, 160, 1), 255, np.uint8)
   img[0, :30, :100] = rng.integers(0, 256, (30, 100, 1))
@@ -118,18 +128,17 @@ def test_padding_content_does_not_change_output():
   noisy[0, :, 100:] = rng.integers(0, 256, (40, 60, 1))
   hw = jnp.array([[30, 100]])
   toks = jnp.asarray(rng.integers(0, V, (1, 6)), jnp.int32)
-  a = model.apply(variables, jnp.asarray(img), hw, toks)
-  b = model.apply(variables, jnp.asarray(noisy), hw, toks)
+  a = forward(jnp.asarray(img), hw, toks)
+  b = forward(jnp.asarray(noisy), hw, toks)
   np.testing.assert_array_equal(a, b)
 
-  enc = model.apply(variables, jnp.asarray(img), hw, method=model.encode)
+  enc, carry = encode(jnp.asarray(img), hw)
   assert not enc["mask"].all()
   cell = enc["mask"][:, None, :, None, None]                      # [B, 1, N, 1, 1]
   junk = dict(enc, cross_keys=jnp.where(cell, enc["cross_keys"], 1e3),
               cross_values=jnp.where(cell, enc["cross_values"], -1e3))
-  carry = model.apply(variables, enc, method=model.init_carry)
-  l1, _, _ = model.apply(variables, enc, carry, toks[:, 0], method=model.decode_step)
-  l2, _, _ = model.apply(variables, junk, carry, toks[:, 0], method=model.decode_step)
+  l1, _, _ = step(enc, carry, toks[:, 0])
+  l2, _, _ = step(junk, carry, toks[:, 0])
   np.testing.assert_allclose(l1, l2, atol=1e-6)
 
 
@@ -152,7 +161,7 @@ def test_make_decode_fn(beam_size):
     # teacher forcing does.
     tokens = np.asarray(out["tokens"])
     inputs = np.concatenate([np.full((2, 1), vocab_lib.BOS), tokens[:, :-1]], 1)
-    logp = jax.nn.log_softmax(model.apply(variables, img, hw, jnp.asarray(inputs)))
+    logp = jax.nn.log_softmax(jax.jit(model.apply)(variables, img, hw, jnp.asarray(inputs)))
     tf = np.take_along_axis(np.asarray(logp), tokens[..., None], -1)[..., 0]
     n = np.asarray(out["lengths"])
     for i in range(2):
