@@ -174,9 +174,12 @@ def image_metrics(references: Sequence[str],
                      'hypotheses; pass one (or None) per reference.')
   render.check_tex()
   n = len(references)
+  # Gold and prediction interleaved, so that the failing predictions (which
+  # cost a recompile of their chunk) are spread over all workers.
+  pairs = [x for ref, hyp in zip(references, hypotheses) for x in (ref, hyp or '')]
   results = render.render_formulas(
-      list(references) + [h or '' for h in hypotheses], dpi=dpi,
-      font_size_pt=font_size_pt, template='im2markup_eval', workers=workers)
-  golds = [r.image for r in results[:n]]
-  preds = [r.image if h else None for r, h in zip(results[n:], hypotheses)]
+      pairs, dpi=dpi, font_size_pt=font_size_pt, template='im2markup_eval',
+      workers=workers)
+  golds = [r.image for r in results[0::2]]
+  preds = [r.image if h else None for r, h in zip(results[1::2], hypotheses)]
   return image_metrics_from_images(golds, preds)

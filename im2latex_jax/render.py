@@ -80,9 +80,11 @@ _BODY_HEAD = r"""
 \output={\global\setbox0\box255 \deadcycles=0 }
 """
 
-# Long log lines, so that no marker or error message is wrapped.
-_TEX_ENV = dict(os.environ, max_print_line='100000', error_line='254',
-                half_error_line='238')
+def _tex_env() -> dict[str, str]:
+  # Long log lines, so that no marker or error message is wrapped. Read at
+  # call time, so a PATH set after import is honoured.
+  return dict(os.environ, max_print_line='100000', error_line='254',
+              half_error_line='238')
 
 # Key in the error dict of an error raised before the first formula.
 PREAMBLE = -1
@@ -262,7 +264,7 @@ def _compile(items: Sequence[tuple[int, str]], opts: _Options, workdir: str
   cmd = ['pdflatex', '-no-shell-escape', '-interaction=nonstopmode', 'f.tex']
   timed_out, terminal = False, ''
   try:
-    subprocess.run(cmd, cwd=workdir, env=_TEX_ENV, stdout=subprocess.PIPE,
+    subprocess.run(cmd, cwd=workdir, env=_tex_env(), stdout=subprocess.PIPE,
                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                    timeout=opts.timeout_s, check=False)
   except subprocess.TimeoutExpired as e:
@@ -385,7 +387,9 @@ def render_formulas(formulas: Sequence[str], *, dpi: int = 200,
   if workers <= 1 or len(chunks) <= 1:
     out = [r for c in chunks for r in _render_chunk_entry(c)]
   else:
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    # Threads, not processes: the work is in pdflatex/pdftoppm subprocesses,
+    # and forking a process that runs JAX can deadlock.
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       out = [r for rs in pool.map(_render_chunk_entry, chunks) for r in rs]
   return sorted(out, key=lambda r: r.index)
 
