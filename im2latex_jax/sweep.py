@@ -161,7 +161,7 @@ def load_or_create_study(space: Space, name: str, storage, create: bool = True):
 def _finished(t) -> bool:
   """Counts toward --trials: complete, pruned, or a training crash."""
   st = t.state.name
-  return st in ("COMPLETE", "PRUNED") or (st == "FAIL" and t.user_attrs.get("crashed"))
+  return st in ("COMPLETE", "PRUNED") or (st == "FAIL" and bool(t.user_attrs.get("crashed")))
 
 
 def _retry_trial(study, trial) -> None:

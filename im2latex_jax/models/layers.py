@@ -42,8 +42,8 @@ def masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
 def apply_init_scheme(params, cfg: ml_collections.ConfigDict, rng: jax.Array):
   """Re-initialises parameters after `init` according to cfg.init.
 
-  - 'uniform': im2markup's U[-s, s] for every weight (BatchNorm scale and
-    bias keep their 1/0 so the normalisation starts as the identity);
+  - 'uniform': im2markup's U[-s, s] for every weight (normalisation scale
+    and bias keep their 1/0 so the normalisation starts as the identity);
   - 'conv_he': the seed's change, He-normal conv kernels only;
   - 'default': Flax's initialisers.
   """
@@ -53,7 +53,8 @@ def apply_init_scheme(params, cfg: ml_collections.ConfigDict, rng: jax.Array):
   keys = jax.random.split(rng, len(flat))
   out = {}
   for (path, value), key in zip(sorted(flat.items()), keys):
-    is_bn = any("BatchNorm" in p or p.startswith("bn") for p in path)
+    # Normalisation layers (BatchNorm, LayerNorm) keep their 1/0 init.
+    is_bn = any("Norm" in p or p.startswith(("bn", "ln", "norm")) for p in path)
     is_conv = value.ndim == 4 and path[-1] == "kernel"
     if cfg.init == "uniform" and not is_bn:
       value = jax.random.uniform(key, value.shape, value.dtype, -cfg.init_scale, cfg.init_scale)
