@@ -27,9 +27,10 @@ def maybe_initialize_distributed(flag: bool | None = None) -> None:
   wanted = flag or env.get("IM2LATEX_DISTRIBUTED") == "1" or "JAX_COORDINATOR_ADDRESS" in env
   if not wanted or jax.distributed.is_initialized():
     return
-  if jax.default_backend() == "cpu" or env.get("JAX_PLATFORMS", "").startswith("cpu"):
-    # CPU collectives across processes need gloo (seen working here).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # CPU collectives across processes need gloo (seen working here). Set it
+  # unconditionally (it only affects the CPU backend): asking
+  # jax.default_backend() here would start the backend before initialize().
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
   if "JAX_COORDINATOR_ADDRESS" in env:
     kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
