@@ -88,8 +88,9 @@ def get_builder(cfg: ml_collections.ConfigDict):
 
 
 def check_split(builder, split: str) -> None:
-  base = split.split("[")[0]
-  if base not in builder.info.splits:
+  # TFDS split strings may join slices: 'train+validation[:7475]'.
+  bases = [part.strip().split("[")[0] for part in split.split("+")]
+  if any(base not in builder.info.splits for base in bases):
     raise ValueError(
         f"Split {split!r} is not in this dataset; it has "
         f"{sorted(builder.info.splits.keys())}. The test split is only in the "

@@ -16,7 +16,7 @@ DESIGN.md). This module lets training run there:
 Layout of a shards dir:
   index.json                 keys grid, per-split key counts and file lists
   vocab.txt                  the vocabulary the tokens were encoded with
-  <split>/k<key>_<part>.npz  image uint8 [N, H, W, 1] (padded to the key's
+  <split>/k<key>_<part>.npz  (split name made file-safe) image uint8 [N, H, W, 1] (padded to the key's
                              bucket), image_hw int32 [N, 2], tokens int32
                              [N, T] (BOS ids EOS PAD…), index int64 [N]
                              (position in the split, for max_examples)
@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from typing import Iterator
 
@@ -360,13 +361,15 @@ def export(cfg, out_dir: str, splits: tuple[str, ...] | None = None,
     ds = ds.filter(lambda n, k, ex: k >= 0).map(
         lambda n, k, ex: (n, example_fn(ex)), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)
-    os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+    # Split strings may hold slices ('train+validation[:7475]'): a safe folder name.
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", split).strip("_")
+    os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
     pending: dict[int, list] = {}
     files: dict[str, list[str]] = {}
 
     def flush(k):
       rows = pending.pop(k)
-      name = os.path.join(split, f"k{k:03d}_{len(files.get(str(k), [])):04d}.npz")
+      name = os.path.join(folder, f"k{k:03d}_{len(files.get(str(k), [])):04d}.npz")
       np.savez_compressed(
           os.path.join(out_dir, name),
           image=np.stack([r[1]["image"] for r in rows]),
