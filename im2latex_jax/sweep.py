@@ -126,8 +126,11 @@ def _GridSampler(*args, **kwargs):  # pylint: disable=invalid-name
 
 
 def make_pruner(space: Space):
+  """MedianPruner, except for grids: a grid is run exhaustively unless its
+  space asks for pruning explicitly (pruner kind 'median')."""
   optuna = _optuna()
-  if space.pruner.get("kind") == "none":
+  kind = space.pruner.get("kind", "none" if space.sampler == "grid" else "median")
+  if kind == "none":
     return optuna.pruners.NopPruner()
   return optuna.pruners.MedianPruner(
       n_startup_trials=int(space.pruner.get("n_startup_trials", 2)),

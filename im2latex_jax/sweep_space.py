@@ -11,6 +11,7 @@ A space file defines `get_space()` returning a dict:
   fixed      {config key: value} applied to every trial (optional);
   trials     default number of finished trials for 'bayes'/'gp' (grid: its size);
   pruner     {'kind': 'median' | 'none', 'n_startup_trials': 2, 'n_warmup_steps': 0};
+             default 'median', or 'none' for a grid;
   seed       sampler seed (optional).
 
 Every key in `params` and `fixed` is checked against the *locked* base config
@@ -232,8 +233,9 @@ def load_space(path: str) -> Space:
     raise SpaceError(f"metric {metric!r} comes from the decoding evaluator, which is off "
                      "(evals.decode_every_steps=0); set it in 'fixed' or optimize eval/loss.")
 
-  pruner = dict(raw.get("pruner") or {"kind": "median"})
-  pruner.setdefault("kind", "median")
+  pruner = dict(raw.get("pruner") or {})
+  # A grid is run exhaustively unless it asks for pruning explicitly.
+  pruner.setdefault("kind", "none" if raw.get("sampler") == "grid" else "median")
   if pruner["kind"] not in PRUNERS:
     raise SpaceError(f"pruner {pruner['kind']!r} is not one of {PRUNERS}.")
 

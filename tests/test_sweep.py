@@ -34,12 +34,14 @@ def write_space(tmp_path, name="tiny.py", sampler="bayes", params=None, steps=4,
   params = params or {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True},
                       "model.decoder_hidden": [8, 16]}
   fixed = dict(TINY_FIXED, num_train_steps=steps, eval_every_steps=steps // 2)
+  # A grid runs exhaustively (no pruner); the Bayesian sweep prunes.
+  pruner = "dict(kind='none')" if sampler == "grid" else "dict(kind='median', n_startup_trials=2)"
   path = tmp_path / name
   path.write_text(
       "def get_space():\n"
       f"  return dict(config={str(QUICKSTART)!r}, metric='eval/loss', direction='min',\n"
       f"              sampler={sampler!r}, params={params!r}, fixed={fixed!r},\n"
-      f"              trials=4, seed=0, pruner=dict(kind='median', n_startup_trials=2)"
+      f"              trials=4, seed=0, pruner={pruner}"
       f"{extra})\n")
   return str(path)
 
@@ -222,3 +224,16 @@ def test_grid_sweep_runs_exactly_its_grid(tmp_path, embedded_data):
                      capture_output=True, text=True, env=_env(tmp_path), timeout=120)
   assert r.returncode == 0 and "4 of 4 trials finished" in r.stdout
   assert len(_study(root, "g").trials) == 4
+
+
+def test_grid_defaults_to_no_pruning(tmp_path):
+  from im2latex_jax import sweep  # pylint: disable=g-import-not-at-top
+  import optuna  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import sweep_space  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "g.py"
+  path.write_text(
+      "def get_space():\n"
+      f"  return dict(config={str(QUICKSTART)!r}, metric='eval/loss', direction='min',\n"
+      "              sampler='grid', params={'optim.lr': [1e-3, 3e-3]}, trials=2)\n")
+  space = sweep_space.load_space(str(path))
+  assert isinstance(sweep.make_pruner(space), optuna.pruners.NopPruner)
