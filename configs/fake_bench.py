@@ -10,7 +10,6 @@ tokens [32, 102]), plus a smaller 40x160 / 50-token key so per-bucket figures
 and the no-recompile check see more than one shape. Figures: BENCHMARKS.md.
 """
 
-import ml_collections
 
 from im2latex_jax import defaults
 
@@ -18,13 +17,8 @@ from im2latex_jax import defaults
 def get_config(arg=None):
   """arg: 'bf16' for bfloat16 compute."""
   c = defaults.base_config()
-  with c.unlocked():
-    # 'tfds' (tf.data), 'shards' (numpy shards, data/shards.py) or 'fake' (numpy).
-    c.input.loader = "fake"
-    # Shards written by `python -m im2latex_jax.data.shards export` (loader 'shards').
-    c.input.shards_dir = None
-    # loader 'fake': examples per key (train; validation gets a quarter), vocabulary size.
-    c.input.fake = ml_collections.ConfigDict(dict(examples_per_key=256, vocab_size=500))
+  c.input.loader = "fake"
+  c.input.fake.examples_per_key = 256
   c.input.buckets = "40x160,50x200"
   c.input.token_buckets = (50, 100)
   c.input.batch_size = 32

@@ -44,6 +44,12 @@ def base_config() -> ml_collections.ConfigDict:
       dict(enabled=True, max_height=160, max_width=500, max_tokens=150))
   c.input.eval_filter = ml_collections.ConfigDict(
       dict(enabled=True, max_height=160, max_width=500, max_tokens=150))
+  # 'tfds' (tf.data over the TFDS builder), 'shards' (TF-free numpy shards
+  # written by `im2latex-jax shards export`, read from shards_dir) or 'fake'.
+  c.input.loader = "tfds"
+  c.input.shards_dir = placeholder(str)
+  # loader='fake': random formula-like data, per bucket key.
+  c.input.fake = ml_collections.ConfigDict(dict(examples_per_key=256, vocab_size=500))
   # Online augmentation (im2latex_jax/augment.py); off in the paper configs.
   c.input.augment = augment_config.default_config()
 
@@ -121,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 15
   c.num_train_steps = -1
   c.log_every_steps = 50
+  # Compile the steps of every bucket shape up front with this many threads
+  # (0: compile each shape when it first comes); pays off on many-core hosts.
+  c.precompile_workers = 0
   # Evaluation (validation loss/perplexity) and checkpoint cadence, in steps.
   c.eval_every_steps = 1000
   # Evaluate at most this many examples per evaluation (None: all).

@@ -9,6 +9,7 @@
   im2latex-jax sweep    --space configs/sweeps/<name>.py --study NAME
   im2latex-jax bench    [--config ...]
   im2latex-jax merge-data --out DIR --add DIR[:split] --add DIR[:split] ...
+  im2latex-jax shards export|train --config C --out DIR | --shards DIR --workdir W
   im2latex-jax export-model --workdir W --out DIR [--dtype bfloat16]
 
 Each subcommand lives in the module named for its concern; this file only
@@ -33,6 +34,7 @@ COMMANDS = {
     "bench": ("im2latex_jax.bench", "main"),
     "export-model": ("im2latex_jax.inference", "export_main"),
     "merge-data": ("im2latex_jax.data.merge", "main"),
+    "shards": ("im2latex_jax.data.shards", "main"),
 }
 
 
