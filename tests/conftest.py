@@ -61,5 +61,9 @@ def tiny_config():
   c.model.embed_dim = 8
   c.input.batch_size = 8
   c.input.eval_batch_size = 16
+  # Two image buckets and one token bucket: every embedded example fits, and
+  # a run compiles 2 train + 2 eval shapes instead of ~12.
+  c.input.buckets = "40x160,50x240"
+  c.input.token_buckets = (40,)
   c.wandb.mode = "disabled"
   return c

@@ -70,7 +70,8 @@ TINY_FLAGS = [
     "--config.model.decoder_hidden=16", "--config.model.embed_dim=8",
     "--config.input.batch_size=8", "--config.input.eval_batch_size=16",
     "--config.eval_max_examples=16", "--config.log_every_steps=1",
-    "--config.wandb.mode=disabled",
+    "--config.wandb.mode=disabled", "--config.input.buckets=40x160,50x240",
+    "--config.input.token_buckets=(40,)",
 ]
 
 
