@@ -50,6 +50,7 @@ def workdir(tmp_path_factory):
   """A workdir with a checkpoint of a tiny im2markup model (4 train steps)."""
   wd = tmp_path_factory.mktemp("predictor_run")
   cfg = tiny_config()
+  cfg.input.buckets = "im2markup"  # the predictor places images on every bucket
   cfg.num_train_steps = 4
   cfg.eval_every_steps = 2
   cfg.log_every_steps = 2
