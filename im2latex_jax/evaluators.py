@@ -14,7 +14,6 @@ the best checkpoint through `config.optim.plateau.metric`.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -26,13 +25,10 @@ import numpy as np
 from im2latex_jax import inference
 from im2latex_jax import metrics as metrics_lib
 from im2latex_jax import sharding
+from im2latex_jax.data.input_pipeline import limit_split  # pylint: disable=unused-import
 
 Batch = dict[str, Any]
 PyTree = Any
-
-# Integer slices `[a:b]` of a TFDS split that `limit_split` can shorten exactly.
-_INT_SLICE_RE = re.compile(r"^(?P<base>[^\[]+)\[(?P<a>\d*):(?P<b>\d*)\]$")
-
 
 class Prediction(NamedTuple):
   """One decoded example."""
@@ -40,26 +36,6 @@ class Prediction(NamedTuple):
   gold: str        # the reference formula, as stored in the dataset
   prediction: str  # space-separated tokens, without BOS/EOS
   logprob: float   # natural-log probability of the prediction (best beam)
-
-
-def limit_split(split: str, max_examples: int | None) -> tuple[str, int | None]:
-  """The first `max_examples` examples of `split`, in split order.
-
-  Returns (split, leftover limit): the split rewritten to a TFDS slice when
-  that is exact (a plain split or an integer slice `[a:b]`), else the split
-  unchanged and the limit, which `decode_split` then applies to its output.
-  """
-  if not max_examples:
-    return split, None
-  n = int(max_examples)
-  if "[" not in split:
-    return f"{split}[:{n}]", None
-  m = _INT_SLICE_RE.match(split)
-  if m is None:
-    return split, n
-  a = int(m["a"] or 0)
-  b = a + n if not m["b"] else min(int(m["b"]), a + n)
-  return f"{m['base']}[{a}:{b}]", None
 
 
 def _host_rows(x: jax.Array | np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import collections
 import dataclasses
 import functools
 import os
+import re
 from typing import Any, Iterator
 
 from absl import logging
@@ -97,28 +98,9 @@ def check_split(builder, split: str) -> None:
         "official release; pass one of those or another data dir.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Keys:
-  """The (image bucket, token bucket) grid and how to map examples onto it."""
-  image_buckets: tuple[tuple[int, int], ...]
-  token_buckets: tuple[int, ...]
-
-  def key_shape(self, key: int) -> tuple[int, int, int]:
-    """(H, W, T) of a key; T counts BOS and EOS."""
-    ib, tb = divmod(key, len(self.token_buckets))
-    h, w = self.image_buckets[ib]
-    return h, w, self.token_buckets[tb] + 2
-
-  def num_keys(self) -> int:
-    return len(self.image_buckets) * len(self.token_buckets)
-
-
-def make_keys(cfg: ml_collections.ConfigDict) -> Keys:
-  buckets = buckets_lib.parse_buckets(cfg.buckets)
-  token_buckets = tuple(sorted(int(t) for t in cfg.token_buckets))
-  if not token_buckets or token_buckets[0] <= 0:
-    raise ValueError(f"config.input.token_buckets must be positive lengths, got {cfg.token_buckets}")
-  return Keys(buckets, token_buckets)
+# The (image bucket, token bucket) grid is shared with the TF-free loader.
+Keys = shards.Keys
+make_keys = shards.make_keys
 
 
 def _png_hw(tf, png):
@@ -298,6 +280,31 @@ def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
   return ds.as_numpy_iterator()
 
 
+# Integer slices `[a:b]` of a TFDS split that `limit_split` can shorten exactly.
+_INT_SLICE_RE = re.compile(r"^(?P<base>[^\[]+)\[(?P<a>\d*):(?P<b>\d*)\]$")
+
+
+def limit_split(split: str, max_examples: int | None) -> tuple[str, int | None]:
+  """The first `max_examples` examples of `split`, in split order.
+
+  Returns (split, leftover limit): the split rewritten to a TFDS slice when
+  that is exact (a plain split or an integer slice `[a:b]`), else the split
+  unchanged and the limit, which `decode_split` then applies to its output.
+  """
+  if not max_examples:
+    return split, None
+  n = int(max_examples)
+  if "[" not in split:
+    return f"{split}[:{n}]", None
+  m = _INT_SLICE_RE.match(split)
+  if m is None:
+    return split, n
+  a = int(m["a"] or 0)
+  b = a + n if not m["b"] else min(int(m["b"]), a + n)
+  return f"{m['base']}[{a}:{b}]", None
+
+
+
 def create_eval_dataset(data: Data, cfg: ml_collections.ConfigDict, split: str, *,
                         global_batch_size: int, keep_strings: bool = False,
                         max_examples: int | None = None):
@@ -317,10 +324,8 @@ def create_eval_dataset(data: Data, cfg: ml_collections.ConfigDict, split: str, 
   tf = _tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   check_split(data.builder, split)
-  if max_examples:
-    base_split, sl = (split.split("[", 1) + [""])[:2]
-    if not sl:
-      split = f"{base_split}[:{int(max_examples)}]"
+  # Percent slices cannot be shortened exactly; they are evaluated whole.
+  split, _ = limit_split(split, max_examples)
   keys = data.keys
   local_bs = global_batch_size // jax.process_count()
   max_hw, max_tokens = _filter_args(cfg, train=False)

@@ -57,7 +57,10 @@ EXAMPLES_PER_FILE = 4096
 # --------------------------------------------------------------------- keys
 @dataclasses.dataclass(frozen=True)
 class Keys:
-  """The (image bucket, token bucket) grid; same as input_pipeline.Keys."""
+  """The (image bucket, token bucket) grid and how to map examples onto it.
+
+  Also used by the tf.data pipeline (input_pipeline.Keys is this class).
+  """
   image_buckets: tuple[tuple[int, int], ...]
   token_buckets: tuple[int, ...]
 

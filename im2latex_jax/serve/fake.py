@@ -14,27 +14,8 @@ import time
 
 import numpy as np
 
-try:
-  from im2latex_jax.predictor import Prediction
-except ImportError:  # The model side is written in parallel; same fields.
-  import dataclasses
-
-  @dataclasses.dataclass
-  class Prediction:  # pytype: disable=invalid-annotation
-    latex: str
-    tokens: list[str]
-    token_probs: list[float]
-    attention: np.ndarray
-    logprob: float
-    image: np.ndarray
-    timings: dict[str, float]
-
-try:
-  from im2latex_jax.preprocess import ImageError
-except ImportError:
-
-  class ImageError(ValueError):
-    """Blank, tiny or too-large image (mirrors im2latex_jax.preprocess)."""
+from im2latex_jax.predictor import Prediction
+from im2latex_jax.preprocess import ImageError
 
 
 FAKE_TOKENS = ("\\frac", "{", "a", "}", "{", "b", "}")
