@@ -52,6 +52,9 @@ it = shards.train_iterator(d, global_batch_size=8, seed=3)
 shapes = [[*b["image"].shape[1:3], b["tokens"].shape[1]] for b in (next(it) for _ in range(%d))]
 eval0 = next(shards.eval_batches(d, "validation", global_batch_size=16))
 cfg = tiny_config()
+# The shards were exported with the quickstart grid (the embedded_data fixture).
+cfg.input.buckets = 'im2markup'
+cfg.input.token_buckets = (20, 40)
 loss = step_loss(cfg, len(d.vocab), eval0)
 with cfg.unlocked():
   cfg.input.loader = "shards"
