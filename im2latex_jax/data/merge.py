@@ -5,7 +5,7 @@ a training set that mixes them is one merged dir, read by the same TFDS
 builder:
 
   im2latex-jax merge-data --out data/mixed \\
-      --add ../shared/data/im2latex100k --add data/generated:train
+      --add /path/to/im2latex100k --add data/generated:train
 
 `DIR:split,split` takes only those splits of a source (default: all of them);
 image names are prefixed with the source's position when they would collide.
