@@ -2,8 +2,11 @@
 
   im2latex-jax train --config configs/quickstart.py --workdir /tmp/im2latex_quickstart
 
-Shows learning in minutes on a laptop-class CPU: validation loss falls from
-~5 (uniform over the vocabulary) to well below 3 within ~8 minutes on 2 cores.
+Shows learning in minutes on a CPU: the validation loss falls from 5.4
+(uniform over the 228-token vocabulary) to ~2.7 (perplexity ~15, token
+accuracy ~43 %) in 600 steps; the whole command (data preparation, compiles,
+training, evaluations) took 1:56 on 2 idle cores and 3:36 on 2 busy ones.
+More steps overfit the 720 embedded formulas.
 """
 
 from im2latex_jax import defaults
