@@ -14,8 +14,19 @@ accelerator). The full provenance is in im2latex_jax/assets/model/MODEL_CARD.md.
       --n 24000 --out new.lst
   im2latex-jax render --formulas new.lst --out generated --split train
   im2latex-jax merge-data --out mixed --add $D --add generated:train
+  # The shipped run kept the first 19,500 training lines (3,000 real + 16,500
+  # generated) so that the exported shards fit a 64 MiB transfer:
+  #   head -19500 mixed/im2latex_train_filter.lst > t && mv t mixed/im2latex_train_filter.lst
   im2latex-jax train --config configs/shipped.py --workdir workdirs/shipped \
       --config.input.manual_dir=mixed
+  # or, on an accelerator without TensorFlow (how the shipped model was made):
+  im2latex-jax shards export --config configs/shipped.py --config.input.manual_dir=mixed --out shards
+  im2latex-jax shards train --config configs/shipped.py --shards shards \
+      --workdir workdirs/shipped --config.precompile_workers=14
+  im2latex-jax export-model --workdir workdirs/shipped --out model_dir
+
+Holdout (validation[7475:], 1,000): greedy BLEU-4 84.09, beam 5 84.15;
+image exact match 54.1 / 54.9 (README, results/).
 """
 
 from im2latex_jax import defaults
