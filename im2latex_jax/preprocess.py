@@ -55,8 +55,10 @@ INK_THRESHOLD = 200
 #   capitals, scripts): on 1,044 images (every 11th) median 10 px, quartiles
 #   9.5 / 10.5, 5-95 % 7-13 px.
 #
-# So: stroke width decides whether (and how much) to shrink an image; glyph
-# height decides whether to enlarge one, only when it is clearly too small.
+# So: stroke width decides whether (and how much) to shrink an image. Below
+# the dataset's scale, glyph height and vertical ink run give a (noisy)
+# continuous estimate, and the share of solid ink recognizes half scale
+# exactly (see `_rescale_factor`).
 DATASET_STROKE_WIDTH = 1.49
 DATASET_GLYPH_HEIGHT = 10.0
 # (scale, median stroke width) of the same 380 images after a LANCZOS resize
@@ -67,11 +69,23 @@ STROKE_WIDTH_CURVE = ((1.0, 1.49), (1.2, 1.88), (1.5, 2.29), (2.0, 3.02),
 # 95 % point is 1.06x the median, and images *smaller* than the dataset's
 # scale measure up to 1.2x (resampling blur).
 STROKE_DEAD_BAND = 1.2
-# Enlarge only when glyphs are below 1 / GLYPH_DEAD_BAND of the dataset's: 5 %
-# of dataset images measure 7 px (1 / 1.43) although set at the same size, so
-# a smaller band would enlarge genuine training-scale images. The price:
-# inputs between ~0.65x and 1x the training scale are left as they are.
-GLYPH_DEAD_BAND = 1.5
+
+# Below the dataset's scale (stroke width saturated): log-linear calibration
+# of mean vertical ink run and glyph height against log scale (see
+# `_log_scale_below`); values at 1x are log-means over the calibration set.
+DATASET_VERTICAL_RUN = 2.35
+VERTICAL_RUN_SLOPE = 0.50
+DATASET_GLYPH_HEIGHT_LOGMEAN = 9.77
+GLYPH_HEIGHT_SLOPE = 0.77
+# Below this log-scale estimate (~0.35x) the continuous estimate is used.
+COARSE_LOG_SCALE = -1.05
+# Half scale is recognized by the solid-ink share (see `solid_ink_fraction`):
+# in-pipeline on 3 x 202 dataset images (every 57th, offsets 0-2) 1x gives
+# mean 0.38, sd 0.04, min 0.29; a 0.5x LANCZOS downscale mean 0.09, sd 0.045,
+# 99 % point 0.23. The log-scale estimate must also lean below 1x (costs ~1 %
+# of 0.5x images) so a blurred or JPEG'd 1x image is not taken for 0.5x.
+HALF_SCALE_SOLID_FRACTION = 0.25
+HALF_SCALE_MAX_LOG = -0.1
 
 # Inputs smaller than this on a side carry no readable formula.
 MIN_SIDE = 4
@@ -204,8 +218,55 @@ def estimate_stroke_width(gray: np.ndarray) -> float:
   return float(2.0 * d.sum() / perimeter)
 
 
-def _rescale_factor(g: np.ndarray) -> float:
-  """Factor that brings a cropped, normalized formula to the dataset scale."""
+def estimate_vertical_run(gray: np.ndarray) -> float:
+  """Mean length (px) of vertical runs of ink (pixels < 128); nan if none.
+
+  A glyph-scale statistic that, unlike stroke width, keeps shrinking below
+  the dataset's scale (a column through a glyph crosses strokes and bowls)."""
+  ink = np.asarray(gray) < 128
+  starts = ink.copy()
+  starts[1:] &= ~ink[:-1]
+  n = int(starts.sum())
+  return float(ink.sum()) / n if n else float('nan')
+
+
+def solid_ink_fraction(gray: np.ndarray) -> float:
+  """Share of ink pixels (< INK_THRESHOLD) that are solid (< 64); nan if no
+  ink. Needs the background at 255 and the darkest ink at 0."""
+  g = np.asarray(gray)
+  n = int((g < INK_THRESHOLD).sum())
+  return float((g < 64).sum()) / n if n else float('nan')
+
+
+def _log_scale_below(g: np.ndarray) -> float:
+  """log(input scale / dataset scale) from vertical run and glyph height,
+  for an image whose stroke width says it is not above the dataset's scale;
+  nan if neither can be measured.
+
+  Calibrated on 202 processed im2latex-100k images (every 57th from the 2nd)
+  and their LANCZOS downscales by 0.8, 0.67, 0.5: log vertical run falls
+  0.50 per unit log scale (sd 0.11 at 1x), log glyph height 0.77 (sd 0.16);
+  each alone estimates log scale with sd ~0.21, their mean with sd ~0.17.
+  """
+  ests = []
+  vr = estimate_vertical_run(g)
+  if np.isfinite(vr) and vr > 0:
+    ests.append((np.log(vr) - np.log(DATASET_VERTICAL_RUN)) / VERTICAL_RUN_SLOPE)
+  gh = estimate_glyph_height(g)
+  if np.isfinite(gh) and gh > 0:
+    ests.append((np.log(gh) - np.log(DATASET_GLYPH_HEIGHT_LOGMEAN)) /
+                GLYPH_HEIGHT_SLOPE)
+  return float(np.mean(ests)) if ests else float('nan')
+
+
+def _rescale_factor(g: np.ndarray, unstretched: np.ndarray | None = None
+                    ) -> float:
+  """Factor that brings a cropped, normalized formula to the dataset scale.
+
+  `unstretched`: the same crop with only the background brought to 255 (no
+  contrast stretch), where the below-scale statistics are measured: the
+  stretch darkens the grey, blurred strokes of a low-resolution input and
+  makes it look like the dataset's scale. None: use `g`."""
   sw = estimate_stroke_width(g)
   if np.isfinite(sw) and sw > DATASET_STROKE_WIDTH * STROKE_DEAD_BAND:
     scales, widths = zip(*STROKE_WIDTH_CURVE)
@@ -217,8 +278,21 @@ def _rescale_factor(g: np.ndarray) -> float:
     raise ImageError(f'the glyphs are ~{gh:.0f} px high, too small to read '
                      f'(the model was trained on ~{DATASET_GLYPH_HEIGHT:.0f} '
                      'px); pass a higher-resolution image')
-  if np.isfinite(gh) and gh * GLYPH_DEAD_BAND < DATASET_GLYPH_HEIGHT:
-    return DATASET_GLYPH_HEIGHT / gh
+  u = g if unstretched is None else unstretched
+  ls = _log_scale_below(u)
+  if not np.isfinite(ls):
+    return 1.0
+  if ls < COARSE_LOG_SCALE:
+    # Clearly coarser than half scale: the continuous estimate (sd ~0.2 in
+    # log scale) is the best there is.
+    return float(np.exp(-ls))
+  # Between ~0.35x and 1x the continuous estimate is far too noisy (a box
+  # within a few px needs ~1 %), so decide between the two common cases,
+  # the dataset's scale and half of it (half-resolution render, non-retina
+  # screenshot), by the share of solid ink: at half scale most strokes are
+  # under a pixel wide and come out grey.
+  if solid_ink_fraction(u) < HALF_SCALE_SOLID_FRACTION and ls < HALF_SCALE_MAX_LOG:
+    return 2.0
   return 1.0
 
 
@@ -281,6 +355,8 @@ def normalize_image(image: np.ndarray | Image.Image, *,
     raise ImageError('the image is blank (no ink visibly darker or lighter '
                      'than its background); pass an image with a formula on '
                      'it')
+  lo = float(g.min())
+  unstretched = np.clip((g - lo) * (255.0 / (bg - lo)), 0, 255)
   g = np.clip((g - ink_level) * (255.0 / (bg - ink_level)), 0, 255)
   # JPEG ringing and sensor noise on the background would enlarge the box.
   g[g > 235] = 255
@@ -289,11 +365,12 @@ def normalize_image(image: np.ndarray | Image.Image, *,
     raise ImageError('the image is blank after removing its background; '
                      'pass an image with a formula on it')
   g = g[box[0]:box[2], box[1]:box[3]]
+  unstretched = unstretched[box[0]:box[2], box[1]:box[3]]
 
   target = DATASET_GLYPH_HEIGHT if target_glyph_height is None else float(
       target_glyph_height)
   if target > 0:
-    scale = _rescale_factor(g) * target / DATASET_GLYPH_HEIGHT
+    scale = _rescale_factor(g, unstretched) * target / DATASET_GLYPH_HEIGHT
     if scale != 1:
       g = _resize(g, scale)
       g[g > 235] = 255

@@ -61,9 +61,10 @@ TRANSFORMS = {
     'downscaled_0.5x': lambda a: _scaled(a, 0.5),
 }
 # Max error (px) of any side of the ink box. Rescaled inputs are only as
-# good as the scale estimate (stroke width for 2x: ~1 % spread; glyph height
-# for 0.5x: quantized to 1 px at half resolution).
-TOLERANCE = {'upscaled_2x': (3, 0.03), 'downscaled_0.5x': (3, 0.06)}
+# good as the scale estimate (stroke width for 2x: ~1 % spread). 0.5x is
+# recognized as exactly half scale (solid-ink share), so only resampling's
+# 1 px rounding remains.
+TOLERANCE = {'upscaled_2x': (3, 0.03), 'downscaled_0.5x': (3, 0.0)}
 
 
 def test_fixtures_present():
@@ -164,3 +165,12 @@ def test_buckets_follow_im2markup_order():
   assert preprocess.smallest_bucket(30, 130, preprocess.DEFAULT_BUCKETS) == (
       40, 160)
   assert preprocess.smallest_bucket(900, 10, preprocess.DEFAULT_BUCKETS) is None
+
+
+def test_solid_ink_fraction_separates_half_scale():
+  for path in FIXTURES:
+    a = np.asarray(Image.open(path))
+    assert (preprocess.solid_ink_fraction(a) >
+            preprocess.HALF_SCALE_SOLID_FRACTION)
+    assert (preprocess.solid_ink_fraction(_scaled(a, 0.5)) <
+            preprocess.HALF_SCALE_SOLID_FRACTION)
