@@ -32,17 +32,9 @@ def get_config(arg=None):
 
   c.model.name = "transformer"
   c.model.init = "default"
-  c.model.resnet_features = (64, 128, 256)
-  c.model.resnet_blocks = (2, 2, 2)
-  c.model.d_model = 256
-  c.model.num_heads = 4
-  c.model.mlp_dim = 1024
-  c.model.encoder_layers = 2
-  c.model.num_layers = 3
-  # Longest token bucket (150) + BOS/EOS, and >= evals.max_decode_len.
-  c.model.max_len = 160
-  c.model.pos_embedding = "sinusoidal"
-  c.model.tie_embeddings = True
+  # Sizes are the defaults (defaults.py: ResNet 64/128/256 × 2 blocks, d_model
+  # 256, 4 heads, MLP 1024, 2 encoder + 3 decoder layers, max_len 160 =
+  # longest token bucket + BOS/EOS and >= evals.max_decode_len).
   c.model.dropout = 0.1
 
   c.optim.name = "adamw"

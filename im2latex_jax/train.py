@@ -328,12 +328,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # -------------------------------------------------------------- evaluators
   if eval_batches_fn is None and data is not None:
     from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    # Built once: creating it counts every host's examples per key, which
+    # need not be repeated at each evaluation (a tf.data.Dataset re-iterates).
+    eval_ds, _, _ = input_pipeline.create_eval_dataset(
+        data, config.input, config.input.eval_split,
+        global_batch_size=config.input.eval_batch_size,
+        max_examples=config.eval_max_examples)
+
     def eval_batches_fn():
-      ds, _, _ = input_pipeline.create_eval_dataset(
-          data, config.input, config.input.eval_split,
-          global_batch_size=config.input.eval_batch_size,
-          max_examples=config.eval_max_examples)
-      return ds.as_numpy_iterator()
+      return eval_ds.as_numpy_iterator()
 
   decode_eval = None
   if config.evals.decode_every_steps and data is not None:
