@@ -9,21 +9,11 @@ still land on the configured bucket shapes.
       --config.input.manual_dir=../shared/data/im2latex100k --workdir workdirs/robust
 """
 
-import importlib.util
-import os
-
 from im2latex_jax import augment_config
-
-
-def _load_sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"im2latex_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from im2latex_jax import defaults
 
 
 def get_config(arg=None):
-  c = _load_sibling("seed").get_config(arg)
+  c = defaults.sibling_config(__file__, "seed", arg)
   c.input.augment = augment_config.robust_config()
   return c

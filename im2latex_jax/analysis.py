@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +25,8 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 import numpy as np
 from rapidfuzz.distance import Levenshtein
+
+from im2latex_jax import defaults
 
 # Environment variable naming the workdir the notebooks analyse.
 WORKDIR_ENV = "IM2LATEX_WORKDIR"
@@ -42,11 +43,7 @@ def quickstart_config() -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f"{QUICKSTART_CONFIG} not found: the notebooks run from a checkout of "
         f"the repository; set ${WORKDIR_ENV} to a trained workdir instead.")
-  spec = importlib.util.spec_from_file_location("im2latex_quickstart_config",
-                                                QUICKSTART_CONFIG)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return defaults.import_file(QUICKSTART_CONFIG).get_config()
 
 
 def embedded_input_config(input_cfg: ml_collections.ConfigDict | None = None

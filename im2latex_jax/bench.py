@@ -25,7 +25,6 @@ Needs neither TensorFlow nor wandb unless the config's loader is 'tfds'.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import platform
@@ -37,6 +36,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from im2latex_jax import defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "fake_bench.py")
@@ -269,10 +270,7 @@ def _latency_module():
   if not os.path.exists(path):
     return None
   try:
-    spec = importlib.util.spec_from_file_location("im2latex_latency_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return defaults.import_file(path)
   except Exception:  # pylint: disable=broad-except
     return None
 
@@ -370,10 +368,7 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
 
 def bench_torch(config, batch, vocab_size, steps, result) -> dict | str:
   try:
-    spec = importlib.util.spec_from_file_location(
-        "im2latex_torch_reference", os.path.join(REPO, "benchmarks", "torch_reference.py"))
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    ref = defaults.import_file(os.path.join(REPO, "benchmarks", "torch_reference.py"))
   except ImportError as e:
     return f"skipped: {e}"
   m = config.model

@@ -5,6 +5,10 @@ needs, so every run's config has the same keys (a typo in a CLI override or in
 a sweep fails loudly against the locked config).
 """
 
+import importlib.util
+import os
+import types
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -155,3 +159,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb.group = placeholder(str)
   c.wandb.name = placeholder(str)
   return c
+
+
+def import_file(path: str, name: str | None = None) -> types.ModuleType:
+  """Imports a Python file by path (config files, benchmark scripts)."""
+  name = name or "_im2latex_file_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def sibling_config(config_file: str, name: str, arg=None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of configs/<name>.py, next to `config_file`."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  return import_file(path, f"im2latex_configs_{name}").get_config(arg)

@@ -21,7 +21,6 @@ before any trial starts, so a typo fails at once instead of in trial 0.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import math
@@ -29,6 +28,8 @@ import os
 from typing import Any
 
 import ml_collections
+
+from im2latex_jax import defaults
 
 SAMPLERS = ("grid", "bayes", "gp")
 PRUNERS = ("median", "none")
@@ -98,14 +99,10 @@ def cli_value(v: Any) -> str:
 def _import_file(path: str, what: str):
   if not os.path.isfile(path):
     raise SpaceError(f"{what} {path} does not exist.")
-  spec = importlib.util.spec_from_file_location(
-      f"_im2latex_{what.replace(' ', '_')}_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(spec)
   try:
-    spec.loader.exec_module(module)
+    return defaults.import_file(path, f"_im2latex_{what.replace(' ', '_')}_{abs(hash(path))}")
   except Exception as e:  # pylint: disable=broad-except
     raise SpaceError(f"{what} {path} does not import: {type(e).__name__}: {e}") from e
-  return module
 
 
 def load_base_config(config_path: str) -> ml_collections.ConfigDict:

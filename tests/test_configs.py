@@ -22,7 +22,7 @@ CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob(
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("arg", [None, "reduced"])
 def test_config_loads_and_locks(path, arg):
-  if path.stem in ("quickstart", "fake_bench") and arg:
+  if path.stem in ("quickstart", "fake_bench", "compare") and arg:
     pytest.skip("takes no protocol argument")
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
@@ -57,6 +57,33 @@ def test_cli_overrides_apply_and_typos_fail(tmp_path):
                    "--workdir", str(tmp_path / "w"), "--config.optim.lrr=0.3")
   assert out.returncode != 0
   assert "lrr" in out.stderr
+
+
+def _load(stem):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = next(p for p in CONFIGS if p.stem == stem)
+  spec = importlib.util.spec_from_file_location(f"c_{stem}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_compare_recipes_keep_their_optimizer_on_shared_data():
+  compare = _load("compare")
+  configs = {arg: compare.get_config(arg) for arg in
+             ("im2markup", "seed", "transformer", "shipped", "seed+aug", "transformer+aug")}
+  expected = {"im2markup": ("sgd", 20), "seed": ("momentum", 32), "transformer": ("adamw", 32),
+              "shipped": ("adam", 64)}
+  for arg, c in configs.items():
+    name = arg.split("+")[0]
+    assert (c.optim.name, c.input.batch_size) == expected[name]
+    assert c.input.eval_split == "validation[7475:]"
+    assert c.input.train_split == "train+validation[:7475]"
+    assert c.input.buckets == configs["seed"].input.buckets
+    assert c.input.augment.enabled == arg.endswith("+aug")
+    assert c.num_train_steps == compare.STEPS[name]
+  with pytest.raises(ValueError, match="Unknown comparison 'seed\\+jitter'"):
+    compare.get_config("seed+jitter")
 
 
 def test_bad_protocol():

@@ -123,3 +123,18 @@ def test_init_schemes(scheme):
     assert float(jnp.std(conv)) == pytest.approx(np.sqrt(2 / 9), rel=0.35)
   else:
     np.testing.assert_array_equal(conv, params["cnn"]["conv0"]["kernel"])
+
+
+@pytest.mark.parametrize("window", [(2, 2), (2, 1), (1, 2)])
+def test_max_pool_matches_flax_values_and_gradient(window):
+  # Odd sizes: both floor-divide (VALID), dropping the last row/column.
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.models import layers  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 9, 3))
+  ours = lambda x: layers.max_pool(x, window)
+  flax_pool = lambda x: nn.max_pool(x, window, window)
+  np.testing.assert_array_equal(ours(x), flax_pool(x))
+  assert ours(x).shape == (2, 7 // window[0], 9 // window[1], 3)
+  g = jax.random.normal(jax.random.PRNGKey(1), ours(x).shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * g))(x)
+  np.testing.assert_array_equal(grad(ours), grad(flax_pool))

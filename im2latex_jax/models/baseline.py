@@ -66,7 +66,7 @@ class Baseline(nn.Module):
     for i, conv in enumerate(self.convs):
       x = nn.relu(conv(x))
       if i < 3:
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = layers.max_pool(x, (2, 2))
     _, fh, fw, c = x.shape
     memory = nn.relu(self.proj(x.reshape(b, fh * fw, c)))
     return {"memory": memory, "keys": self.key_proj(memory),

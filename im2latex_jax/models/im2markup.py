@@ -21,21 +21,6 @@ from im2latex_jax.models import layers
 Carry = Any
 
 
-def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
-  """Non-overlapping VALID max pooling as a reshape + max.
-
-  Same values as `nn.max_pool(x, window, window)`, but its gradient is a
-  compare-and-select that XLA fuses, where `nn.max_pool`'s is a
-  select_and_scatter that ran ~3x slower on CPU (0.54 s vs 0.16 s for the
-  first pool of a 32x50x200 batch, forward + backward; BENCHMARKS.md).
-  """
-  b, h, w, c = x.shape
-  wh, ww = window
-  h2, w2 = h // wh, w // ww
-  x = x[:, :h2 * wh, :w2 * ww]
-  return x.reshape(b, h2, wh, w2, ww, c).max(axis=(2, 4))
-
-
 class CNN(nn.Module):
   """im2markup's encoder CNN; all convs 3×3, stride 1, pad 1."""
   features: tuple[int, ...] = (64, 128, 256, 256, 512, 512)
@@ -48,14 +33,14 @@ class CNN(nn.Module):
     bn = functools.partial(nn.BatchNorm, use_running_average=not train,
                            momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     x = nn.relu(conv(f[0], name="conv0")(x))
-    x = max_pool(x, (2, 2))
+    x = layers.max_pool(x, (2, 2))
     x = nn.relu(conv(f[1], name="conv1")(x))
-    x = max_pool(x, (2, 2))
+    x = layers.max_pool(x, (2, 2))
     x = nn.relu(bn(name="bn2")(conv(f[2], name="conv2")(x)))
     x = nn.relu(conv(f[3], name="conv3")(x))
-    x = max_pool(x, (2, 1))            # halves H
+    x = layers.max_pool(x, (2, 1))            # halves H
     x = nn.relu(bn(name="bn4")(conv(f[4], name="conv4")(x)))
-    x = max_pool(x, (1, 2))            # halves W
+    x = layers.max_pool(x, (1, 2))            # halves W
     x = nn.relu(bn(name="bn5")(conv(f[5], name="conv5")(x)))
     return x
 

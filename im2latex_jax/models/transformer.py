@@ -104,7 +104,7 @@ class ResNet(nn.Module):
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, name="bn_stem")(x))
     for s, (f, n) in enumerate(zip(self.features, self.blocks)):
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = layers.max_pool(x, (2, 2))
       for i in range(n):
         x = ResidualBlock(f, dtype=self.dtype, name=f"stage{s}_block{i}")(x, train)
     return x
