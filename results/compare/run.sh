@@ -19,20 +19,22 @@ here=$(cd "$(dirname "$0")" && pwd)
 for r in "${recipes[@]}"; do
   wd="$root/$r"
   if [ ! -f "$wd/final_metrics.json" ]; then
-    /usr/bin/time -f "%e" -o "$wd.train_seconds" \
-      im2latex-jax train --config "$here/../../configs/compare.py:$r" \
+    start=$SECONDS  # a resumed run records only its last segment
+    im2latex-jax train --config "$here/../../configs/compare.py:$r" \
       --config.input.manual_dir="$data" --workdir "$wd"
+    echo $((SECONDS - start)) > "$wd.train_seconds"
   fi
-  /usr/bin/time -f "%e" -o "$wd.eval_seconds" \
-    im2latex-jax evaluate --workdir "$wd" --split 'validation[7475:]' --beam 1 --step best
+  im2latex-jax evaluate --workdir "$wd" --split 'validation[7475:]' --beam 1 --step best
   python - "$wd" "$here/$r.json" <<'PY'
-import json, sys, glob, os
+import json, os, sys
+from im2latex_jax import evaluate
 wd, out = sys.argv[1:]
 res = {"recipe": os.path.basename(wd)}
 res["train"] = json.load(open(os.path.join(wd, "final_metrics.json")))
-res["train_seconds"] = float(open(wd + ".train_seconds").read().split()[-1]) if os.path.exists(wd + ".train_seconds") else None
-metrics = sorted(glob.glob(os.path.join(wd, "eval", "*", "metrics.json")) + glob.glob(os.path.join(wd, "eval", "metrics.json")), key=os.path.getmtime)
-res["holdout_greedy"] = json.load(open(metrics[-1]))
+seconds = wd + ".train_seconds"
+res["train_seconds"] = float(open(seconds).read()) if os.path.exists(seconds) else None
+metrics = os.path.join(evaluate._out_dir(wd, "validation[7475:]", 1), "metrics.json")
+res["holdout_greedy"] = json.load(open(metrics))
 json.dump(res, open(out, "w"), indent=1, sort_keys=True)
 print(out, res["holdout_greedy"])
 PY
