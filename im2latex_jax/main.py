@@ -5,6 +5,8 @@
   im2latex-jax predict  IMAGE... [--workdir W] [--beam K] [--json]
   im2latex-jax serve    [--workdir W] [--host H] [--port P]
   im2latex-jax render   --formulas F --out DIR
+  im2latex-jax render-screens --engine pdflatex|katex|mathjax --formulas F --out DIR
+  im2latex-jax robustness --data DIR [--workdir W] [--n N] --out DIR
   im2latex-jax gen-formulas --formulas F --split-list L --n N --out OUT
   im2latex-jax sweep    --space configs/sweeps/<name>.py --study NAME
   im2latex-jax bench    [--config ...]
@@ -29,6 +31,8 @@ COMMANDS = {
     "predict": ("im2latex_jax.predict_cli", "main"),
     "serve": ("im2latex_jax.serve.app", "main"),
     "render": ("im2latex_jax.render", "main"),
+    "render-screens": ("im2latex_jax.datagen.screens", "main"),
+    "robustness": ("im2latex_jax.robustness", "main"),
     "gen-formulas": ("im2latex_jax.formula_gen", "main"),
     "sweep": ("im2latex_jax.sweep", "main"),
     "bench": ("im2latex_jax.bench", "main"),

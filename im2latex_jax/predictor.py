@@ -68,6 +68,8 @@ class Prediction:
     timings: seconds: preprocess (this image), encode_decode (the jitted call
       of its bucket group, shared by the group), postprocess (this image),
       total (from the predict() call to this prediction).
+    scale: the rescale factor normalization applied to the input (its
+      estimate of dataset glyph size / input glyph size).
   """
   latex: str
   tokens: list[str]
@@ -76,6 +78,7 @@ class Prediction:
   logprob: float
   image: np.ndarray
   timings: dict[str, float]
+  scale: float | None = None
 
 
 def plan_batches(n: int, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> list[tuple[int, int]]:
@@ -238,6 +241,33 @@ class Predictor:
     """uint8 [H, W] on one of the model's buckets; raises preprocess.ImageError."""
     return preprocess.normalize_image(image, buckets=self.buckets)
 
+  def predict_each(self, images: list, beam_size: int = 1,
+                   scales: list[float | None] | None = None
+                   ) -> list[Prediction | preprocess.ImageError]:
+    """Like `predict`, but an image that cannot be read gets its ImageError
+    in its place instead of failing the others.
+
+    Args:
+      scales: per image, a known rescale factor to use instead of the
+        estimate (None entries: estimate), as `preprocess.normalize` takes.
+    """
+    out: list[Prediction | preprocess.ImageError | None] = [None] * len(images)
+    good, pre = [], []
+    for i, image in enumerate(images):
+      t = time.perf_counter()
+      try:
+        g, scale = preprocess.normalize(
+            image, buckets=self.buckets,
+            scale=None if scales is None else scales[i])
+      except preprocess.ImageError as e:
+        out[i] = e
+        continue
+      good.append(i)
+      pre.append((g, scale, time.perf_counter() - t))
+    for i, p in zip(good, self.predict_normalized(pre, beam_size)):
+      out[i] = p
+    return out
+
   def predict(self, images: list[np.ndarray], beam_size: int = 1) -> list[Prediction]:
     """Predicts LaTeX for each image, in order.
 
@@ -254,15 +284,22 @@ class Predictor:
         tiny, too large); no prediction is made for any image.
       ValueError: beam_size < 1.
     """
+    pre = []
+    for image in images:
+      t = time.perf_counter()
+      g, scale = preprocess.normalize(image, buckets=self.buckets)
+      pre.append((g, scale, time.perf_counter() - t))
+    return self.predict_normalized(pre, beam_size)
+
+  def predict_normalized(self, normalized: list[tuple[np.ndarray, float, float]],
+                         beam_size: int = 1) -> list[Prediction]:
+    """Predicts from (normalized image, its scale, preprocess seconds) triples."""
     beam_size = int(beam_size)
     if beam_size < 1:
       raise ValueError(f"beam_size {beam_size} must be at least 1 (1 is greedy)")
     t_start = time.perf_counter()
-    pre, pre_times = [], []
-    for image in images:
-      t = time.perf_counter()
-      pre.append(self.preprocess(image))
-      pre_times.append(time.perf_counter() - t)
+    pre = [g for g, _, _ in normalized]
+    pre_times = [t for _, _, t in normalized]
 
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(pre):
@@ -276,6 +313,7 @@ class Predictor:
         for i, out in zip(part, outs):
           t = time.perf_counter()
           results[i] = self._prediction(out, pre[i])
+          results[i].scale = normalized[i][1]
           results[i].timings = {
               "preprocess": pre_times[i], "encode_decode": t_model,
               "postprocess": time.perf_counter() - t,

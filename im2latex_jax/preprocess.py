@@ -87,6 +87,11 @@ COARSE_LOG_SCALE = -1.05
 HALF_SCALE_SOLID_FRACTION = 0.25
 HALF_SCALE_MAX_LOG = -0.1
 
+# The em (font size) in px of the dataset's images: 10 pt at 200 dpi, halved
+# by im2markup's processing (10 / 72.27 * 200 / 2). A render whose em is E px
+# is at the dataset's scale after a rescale by DATASET_EM_PX / E.
+DATASET_EM_PX = 10 / 72.27 * 200 / 2
+
 # Inputs smaller than this on a side carry no readable formula.
 MIN_SIDE = 4
 # Below this estimated glyph height (px) the input is too coarse to read.
@@ -314,7 +319,20 @@ def smallest_bucket(h: int, w: int, buckets: Sequence[tuple[int, int]]
 
 def normalize_image(image: np.ndarray | Image.Image, *,
                     buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
-                    target_glyph_height: float | None = None) -> np.ndarray:
+                    target_glyph_height: float | None = None,
+                    scale: float | None = None) -> np.ndarray:
+  """Turns an arbitrary formula image into a dataset-like model input.
+
+  `normalize` does the same and also returns the rescale factor it applied.
+  """
+  return normalize(image, buckets=buckets,
+                   target_glyph_height=target_glyph_height, scale=scale)[0]
+
+
+def normalize(image: np.ndarray | Image.Image, *,
+              buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
+              target_glyph_height: float | None = None,
+              scale: float | None = None) -> tuple[np.ndarray, float]:
   """Turns an arbitrary formula image into a dataset-like model input.
 
   Args:
@@ -325,10 +343,13 @@ def normalize_image(image: np.ndarray | Image.Image, *,
     target_glyph_height: glyph height (px, as `estimate_glyph_height`
       measures it) to rescale to; None for the dataset's DATASET_GLYPH_HEIGHT;
       0 to keep the input's scale.
+    scale: the rescale factor to apply instead of estimating it (e.g. the
+      known one of a render: DATASET_EM_PX / its em in px); overrides
+      target_glyph_height.
 
   Returns:
-    uint8 [H, W], (H, W) one of `buckets`: dark ink on white (255), the ink's
-    box at (MARGIN, MARGIN).
+    (uint8 [H, W] with (H, W) one of `buckets`: dark ink on white (255), the
+    ink's box at (MARGIN, MARGIN); the rescale factor applied).
 
   Raises:
     ImageError: the image is empty, blank, too small or too coarse to read, or
@@ -367,18 +388,22 @@ def normalize_image(image: np.ndarray | Image.Image, *,
   g = g[box[0]:box[2], box[1]:box[3]]
   unstretched = unstretched[box[0]:box[2], box[1]:box[3]]
 
-  target = DATASET_GLYPH_HEIGHT if target_glyph_height is None else float(
-      target_glyph_height)
-  if target > 0:
-    scale = _rescale_factor(g, unstretched) * target / DATASET_GLYPH_HEIGHT
-    if scale != 1:
-      g = _resize(g, scale)
-      g[g > 235] = 255
-      box = _ink_box(g)
-      if box is None:
-        raise ImageError('the formula vanished when rescaled to the training '
-                         'scale; pass a higher-resolution image')
-      g = g[box[0]:box[2], box[1]:box[3]]
+  if scale is None:
+    target = DATASET_GLYPH_HEIGHT if target_glyph_height is None else float(
+        target_glyph_height)
+    scale = (_rescale_factor(g, unstretched) * target / DATASET_GLYPH_HEIGHT
+             if target > 0 else 1.0)
+  scale = float(scale)
+  if not scale > 0:
+    raise ValueError(f'scale={scale} must be positive')
+  if scale != 1:
+    g = _resize(g, scale)
+    g[g > 235] = 255
+    box = _ink_box(g)
+    if box is None:
+      raise ImageError('the formula vanished when rescaled to the training '
+                       'scale; pass a higher-resolution image')
+    g = g[box[0]:box[2], box[1]:box[3]]
 
   h, w = g.shape
   bucket = smallest_bucket(h + 2 * MARGIN, w + 2 * MARGIN, buckets)
@@ -389,4 +414,4 @@ def normalize_image(image: np.ndarray | Image.Image, *,
                      'margin); crop the image to a single formula or split it')
   out = np.full(bucket, 255, np.uint8)
   out[MARGIN:MARGIN + h, MARGIN:MARGIN + w] = np.round(g).astype(np.uint8)
-  return out
+  return out, scale

@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from im2latex_jax.data import layout
 from im2latex_jax.data import processing
 
 # Debian packages that provide pdflatex, the AMS packages and pdftoppm.
@@ -85,6 +86,10 @@ def _tex_env() -> dict[str, str]:
   # call time, so a PATH set after import is honoured.
   return dict(os.environ, max_print_line='100000', error_line='254',
               half_error_line='238')
+
+# Math style of each formula: display (`\[...\]`, equation) or inline (`$...$`
+# in running text: smaller fractions, limits beside the operator).
+STYLES = {'display': '\\displaystyle', 'inline': '\\textstyle'}
 
 # Key in the error dict of an error raised before the first formula.
 PREAMBLE = -1
@@ -211,21 +216,24 @@ class _Options:
   font_package: str | None
   template: str
   timeout_s: float
+  style: str = 'display'
 
 
 def _document(items: Sequence[tuple[int, str]], opts: _Options) -> str:
   size = opts.font_size_pt
   cls = 'article' if size in (10, 11, 12) else 'extarticle'
   parts = [_PREAMBLES[opts.template].format(size=size, cls=cls)]
-  if opts.font_package:
-    parts.append('\\usepackage{%s}\n' % opts.font_package)
+  for package in (opts.font_package or '').split(','):
+    if package.strip():
+      parts.append('\\usepackage{%s}\n' % package.strip())
   parts.append(_BODY_HEAD % {'margin': PAGE_MARGIN_PT, 'maxpt': MAX_PAGE_PT})
+  style = STYLES[opts.style]
   for idx, formula in items:
     # The formula sits on its own lines so that a `%` in it cannot comment
     # out the closing `$}`; no macro argument, so an unbalanced brace stays a
     # local error instead of a runaway argument.
-    parts.append('\\message{[[B%d]]}\\setbox0=\\hbox{$\\displaystyle\n%s\n$}'
-                 '\\rnship{%d}\n' % (idx, formula, idx))
+    parts.append('\\message{[[B%d]]}\\setbox0=\\hbox{$%s\n%s\n$}'
+                 '\\rnship{%d}\n' % (idx, style, formula, idx))
   parts.append('\\csname @@end\\endcsname\n')
   return ''.join(parts)
 
@@ -354,8 +362,8 @@ def _render_chunk_entry(args) -> list[RenderResult]:
 def render_formulas(formulas: Sequence[str], *, dpi: int = 200,
                     font_size_pt: int = 10, font_package: str | None = None,
                     template: str = 'dataset', workers: int = 2,
-                    chunk_size: int = 200, timeout_s: float = 60
-                    ) -> list[RenderResult]:
+                    chunk_size: int = 200, timeout_s: float = 60,
+                    style: str = 'display') -> list[RenderResult]:
   """Renders formulas with pdflatex, one page per formula, cropped to ink.
 
   Args:
@@ -363,13 +371,15 @@ def render_formulas(formulas: Sequence[str], *, dpi: int = 200,
     dpi: rasterization resolution.
     font_size_pt: document class size option (10, 11, 12; others through
       extarticle).
-    font_package: optional package loaded after the template (e.g. 'lmodern').
+    font_package: optional packages loaded after the template, comma
+      separated (e.g. 'mathptmx', 'txfonts').
     template: 'dataset' (article, amsmath, amssymb) or 'im2markup_eval'
       (im2markup's evaluation template: article, amsmath; im2markup used it
       at font_size_pt=12).
     workers: parallel worker processes (one pdflatex each).
     chunk_size: formulas per TeX document.
     timeout_s: limit per pdflatex / pdftoppm run.
+    style: 'display' or 'inline' (see STYLES).
 
   Returns:
     One RenderResult per formula, in input order.
@@ -377,9 +387,11 @@ def render_formulas(formulas: Sequence[str], *, dpi: int = 200,
   check_tex()
   if template not in _PREAMBLES:
     raise ValueError(f'template={template!r}; use one of {sorted(_PREAMBLES)}.')
+  if style not in STYLES:
+    raise ValueError(f'style={style!r}; use one of {sorted(STYLES)}.')
   opts = _Options(dpi=dpi, font_size_pt=font_size_pt,
                   font_package=font_package, template=template,
-                  timeout_s=timeout_s)
+                  timeout_s=timeout_s, style=style)
   items = [(i, repair_formula(f or '')) for i, f in enumerate(formulas)]
   chunk_size = max(1, min(chunk_size, -(-len(items) // max(1, workers))))
   chunks = [(items[i:i + chunk_size], opts)
@@ -423,11 +435,6 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _save_processed(args) -> None:
-  image, path = args
-  Image.fromarray(processing.process_im2markup(image), mode='L').save(path)
-
-
 def main(argv: list[str]) -> int:
   """`im2latex-jax render --formulas FILE --out DIR ...`; returns exit status.
 
@@ -435,17 +442,17 @@ def main(argv: list[str]) -> int:
   (`index<TAB>error<TAB>formula`); they never stop the run.
   """
   args = _parse_args(list(argv)[1:])
+  try:
+    layout.split_file(args.split)
+  except ValueError as e:
+    print(f'error: --split: {e}', file=sys.stderr)
+    return 2
   with open(args.formulas, encoding='utf-8') as fh:
     formulas = fh.read().split('\n')
   if formulas and formulas[-1] == '':
     formulas.pop()
   if args.limit is not None:
     formulas = formulas[:args.limit]
-  img_dir = os.path.join(args.out, 'formula_images_processed')
-  os.makedirs(img_dir, exist_ok=True)
-  with open(os.path.join(args.out, 'im2latex_formulas.norm.lst'), 'w',
-            encoding='utf-8') as fh:
-    fh.writelines(f + '\n' for f in formulas)
 
   start = time.time()
   results = render_formulas(
@@ -453,19 +460,17 @@ def main(argv: list[str]) -> int:
       font_package=args.font_package, workers=args.workers,
       chunk_size=args.chunk_size, timeout_s=args.timeout)
   ok = [r for r in results if r.image is not None]
-  names = {r.index: f'{args.split}_{r.index:06d}.png' for r in ok}
+  failures = [(r.index, r.error) for r in results if r.image is None]
+  # im2markup's processing (pad, bucket, x2 downsample) in parallel threads
+  # (PIL releases the GIL).
   with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
-    list(pool.map(_save_processed,
-                  [(r.image, os.path.join(img_dir, names[r.index])) for r in ok]))
-  with open(os.path.join(args.out, f'im2latex_{args.split}_filter.lst'), 'w',
-            encoding='utf-8') as fh:
-    fh.writelines(f'{names[r.index]} {r.index}\n' for r in ok)
-  failures = [r for r in results if r.image is None]
-  with open(os.path.join(args.out, 'render_failures.tsv'), 'w',
-            encoding='utf-8') as fh:
-    for r in failures:
-      fh.write(f'{r.index}\t{r.error}\t{formulas[r.index]}\n')
-      print(f'render failed: formula {r.index}: {r.error}', file=sys.stderr)
+    processed = list(pool.map(lambda r: processing.process_im2markup(r.image), ok))
+  layout.write_dataset(
+      args.out, formulas, args.split,
+      ((r.index, f'{args.split}_{r.index:06d}.png', im)
+       for r, im in zip(ok, processed)), failures=failures)
+  for idx, error in failures:
+    print(f'render failed: formula {idx}: {error}', file=sys.stderr)
   elapsed = time.time() - start
   print(f'rendered {len(ok)}/{len(formulas)} formulas in {elapsed:.1f} s '
         f'({len(formulas) / max(elapsed, 1e-9):.1f}/s), {len(failures)} '

@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # Installs everything im2latex-jax needs on a fresh Debian/Ubuntu machine:
-# TeX Live (rendering, image metrics), Chromium (browser test) and the Python
-# package with its extras. Idempotent: what is already there is skipped.
+# TeX Live with math fonts (rendering, image metrics), Chromium and librsvg
+# (KaTeX/MathJax renderers, browser test), Node's MathJax, and the Python
+# package with its extras in a project virtual environment, `.venv` (override
+# with IM2LATEX_VENV). A distribution's own python3 refuses `pip install`
+# outside a venv (PEP 668); a venv works with it and with pyenv/conda builds.
+# Idempotent: what is already there is skipped.
 #
 #   bash scripts/setup.sh            # package + serve/sweep/notebook extras
 #   bash scripts/setup.sh --test     # also the test extras
+#
+# Afterwards: `.venv/bin/im2latex-jax ...`, or `source .venv/bin/activate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXTRAS="all"
 [[ "${1:-}" == "--test" ]] && EXTRAS="all,test"
+PY=${PYTHON:-python3}
+VENV=${IM2LATEX_VENV:-.venv}
 
-APT_PKGS=(texlive-latex-base texlive-latex-recommended dvipng poppler-utils chromium)
+APT_PKGS=(texlive-latex-base texlive-latex-recommended texlive-fonts-recommended
+          dvipng poppler-utils chromium librsvg2-bin fonts-dejavu-core)
+# Debian ships venv's pip bootstrap separately (python3-venv).
+if [[ ! -x "$VENV/bin/python" ]] && ! "$PY" -c "import ensurepip, venv" >/dev/null 2>&1; then
+  APT_PKGS+=(python3-venv)
+fi
+command -v npm >/dev/null || APT_PKGS+=(nodejs npm)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -28,8 +42,25 @@ if ((${#missing[@]})); then
   fi
 fi
 
-PY=${PYTHON:-python3}
-echo "setup: pip install -e .[$EXTRAS]"
-$PY -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 | grep -v "Running pip as the 'root' user" || true
-$PY -c "import im2latex_jax, jax, flax, tensorflow_datasets" >/dev/null
-echo "setup: ok"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "setup: creating the virtual environment $VENV with $("$PY" --version 2>&1)"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+echo "setup: pip install -e .[$EXTRAS] into $VENV"
+# (This image's pip config names a local index folder that may be absent; its
+# one-line warnings per package say nothing about the install.)
+"$VPY" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 \
+  | { grep -v "^WARNING: Location 'file:" || true; }
+"$VPY" -c "import im2latex_jax, jax, flax, tensorflow_datasets" >/dev/null
+
+# MathJax for the `mathjax` renderer (node, SVG output), next to the venv's
+# Python so that im2latex_jax.datagen finds it (see renderers.node_modules_dir).
+NODE_DIR="$VENV/lib/im2latex-node"
+MATHJAX_VERSION=3.2.2
+if command -v npm >/dev/null && [[ ! -f "$NODE_DIR/node_modules/mathjax-full/package.json" ]]; then
+  echo "setup: npm install mathjax-full@$MATHJAX_VERSION into $NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" "mathjax-full@$MATHJAX_VERSION" >/dev/null
+fi
+echo "setup: ok (run commands as $VENV/bin/im2latex-jax, or 'source $VENV/bin/activate' first)"

@@ -7,6 +7,7 @@ import pytest
 
 from im2latex_jax import image_metrics as im
 from im2latex_jax import render
+from im2latex_jax.data import layout
 
 tex = pytest.mark.skipif(shutil.which('pdflatex') is None or
                          shutil.which('pdftoppm') is None,
@@ -73,7 +74,10 @@ def test_cli_writes_dataset_layout(tmp_path, capsys):
   src.write_text('a + b\n\\undefinedmacro\nx ^ { 2 }\nnot used\n')
   out = tmp_path / 'out'
   assert render.main(['im2latex-jax render', '--formulas', str(src), '--out', str(out), '--split',
-                      'validate', '--limit', '3', '--workers', '1']) == 0
+                      'validation', '--limit', '3', '--workers', '1']) == 0
+  # The split written is the one the builder reads (it used to write
+  # im2latex_validation_filter.lst, which nothing read).
+  assert layout.check_data_dir(str(out)) == ['validation']
   assert (out / 'im2latex_formulas.norm.lst').read_text().splitlines() == [
       'a + b', '\\undefinedmacro', 'x ^ { 2 }']
   lines = (out / 'im2latex_validate_filter.lst').read_text().splitlines()

@@ -17,89 +17,14 @@ default dataset uses, so every source flows through one builder.
 from __future__ import annotations
 
 import os
-import tarfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-OFFICIAL_URL = "https://im2markup.yuntiandeng.com/data/"
-FORMULAS_FILE = "im2latex_formulas.norm.lst"
-IMAGES_TAR = "formula_images_processed.tar.gz"
-IMAGES_DIR = "formula_images_processed"
-SPLIT_FILES = {
-    "train": "im2latex_train_filter.lst",
-    "validation": "im2latex_validate_filter.lst",
-    "test": "im2latex_test_filter.lst",
-}
-
-
-class DataFormatError(ValueError):
-  """A data dir that does not hold the official layout."""
-
-
-def read_formulas(path: str) -> list[str]:
-  # The official file has a few lines with stray '\r'; im2markup splits on
-  # '\n' only, so formula indices count '\n'-terminated lines.
-  with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
-    return [line.rstrip("\n").strip() for line in f.read().split("\n")]
-
-
-def read_split_list(path: str, num_formulas: int) -> list[tuple[str, int]]:
-  """Parses `<image name> <formula index>` lines, checking every index."""
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      parts = line.split()
-      if not parts:
-        continue
-      if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
-        raise DataFormatError(
-            f"{path}:{lineno}: expected '<image name> <formula index>', got "
-            f"{line.strip()!r}.")
-      name, idx = parts[0], int(parts[1])
-      if not 0 <= idx < num_formulas:
-        raise DataFormatError(
-            f"{path}:{lineno}: formula index {idx} is out of range: "
-            f"{FORMULAS_FILE} has {num_formulas} lines (0..{num_formulas - 1}). "
-            "Are the list and the formula file from the same release?")
-      if not name.endswith(".png"):
-        name += ".png"
-      out.append((name, idx))
-  return out
-
-
-def check_data_dir(path: str) -> list[str]:
-  """Returns the splits present in a data dir, or raises a clear error."""
-  if not os.path.isdir(path):
-    raise DataFormatError(
-        f"Data dir {path!r} does not exist. Point config.input.manual_dir at "
-        f"a folder with {FORMULAS_FILE}, the *_filter.lst files and "
-        f"{IMAGES_TAR} from {OFFICIAL_URL} (or set it to None to download).")
-  missing = [f for f in (FORMULAS_FILE,) if not os.path.exists(os.path.join(path, f))]
-  if not (os.path.exists(os.path.join(path, IMAGES_TAR)) or
-          os.path.isdir(os.path.join(path, IMAGES_DIR))):
-    missing.append(IMAGES_TAR)
-  splits = [s for s, f in SPLIT_FILES.items() if os.path.exists(os.path.join(path, f))]
-  if not splits:
-    missing.append(" or ".join(SPLIT_FILES.values()))
-  if missing:
-    raise DataFormatError(
-        f"Data dir {path!r} lacks {', '.join(missing)}. Expected the official "
-        f"im2latex-100k layout; download the files from {OFFICIAL_URL}.")
-  return splits
-
-
-def _iter_images(images_path: str):
-  """Yields (basename, png bytes) from the tarball or the directory."""
-  if os.path.isdir(images_path):
-    for name in sorted(os.listdir(images_path)):
-      with open(os.path.join(images_path, name), "rb") as f:
-        yield name, f.read()
-    return
-  with tarfile.open(images_path, "r:gz") as tar:
-    for member in tar:
-      if member.isfile():
-        yield os.path.basename(member.name), tar.extractfile(member).read()
+from im2latex_jax.data.layout import (  # pylint: disable=unused-import
+    DataFormatError, FORMULAS_FILE, IMAGES_DIR, IMAGES_TAR, OFFICIAL_URL,
+    SPLIT_FILES, check_data_dir, images_path, iter_images, read_formulas,
+    read_split_list)
 
 
 def _decode_gray(name: str, data: bytes) -> np.ndarray:
@@ -182,7 +107,7 @@ class Im2latex100k(tfds.core.GeneratorBasedBuilder):
     # kept in memory, so that examples can be yielded in list order.
     wanted = {name: idx for name, idx in pairs}
     found = {}
-    for name, data in _iter_images(images_path):
+    for name, data in iter_images(images_path):
       if name in wanted:
         found[name] = data
     for name, idx in pairs:

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 
-from im2latex_jax.data import im2latex100k as ds
+from im2latex_jax.data import layout as ds
 
 
 def merge(sources: list[tuple[str, list[str] | None]], out: str) -> dict[str, int]:
@@ -38,7 +38,7 @@ def merge(sources: list[tuple[str, list[str] | None]], out: str) -> dict[str, in
         new_name = name if name not in seen_names else f"s{i}_{name}"
         seen_names.add(new_name)
         wanted[name] = (new_name, split, idx)
-    for name, data in ds._iter_images(_images_path(src)):  # pylint: disable=protected-access
+    for name, data in ds.iter_images(ds.images_path(src)):
       if name in wanted:
         new_name, split, idx = wanted.pop(name)
         with open(os.path.join(out, ds.IMAGES_DIR, new_name), "wb") as f:
@@ -54,11 +54,6 @@ def merge(sources: list[tuple[str, list[str] | None]], out: str) -> dict[str, in
     with open(os.path.join(out, ds.SPLIT_FILES[split]), "w") as f:
       f.writelines(lines)
   return {k: len(v) for k, v in lists.items()}
-
-
-def _images_path(src: str) -> str:
-  d = os.path.join(src, ds.IMAGES_DIR)
-  return d if os.path.isdir(d) else os.path.join(src, ds.IMAGES_TAR)
 
 
 def main(argv: list[str]) -> int:

@@ -69,6 +69,19 @@ class FakePredictor:
     return preds
 
 
+  def predict_each(self, images: list[np.ndarray], beam_size: int = 1,
+                   scales=None) -> list[Prediction | ImageError]:
+    """Per image: its Prediction, or the ImageError that refused it."""
+    del scales  # The fake reads every image at its own size.
+    out = []
+    for im in images:
+      try:
+        out.extend(self.predict([im], beam_size))
+      except ImageError as e:
+        out.append(e)
+    return out
+
+
 def _preprocess(image: np.ndarray) -> np.ndarray:
   """Grayscale, blank check and crop to the ink, like normalize_image."""
   image = np.asarray(image)

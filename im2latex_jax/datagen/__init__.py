@@ -1,0 +1,1 @@
+"""Data generation for screenshots: renderers (`engines`), looks (`presentation`), the `render-screens` CLI (`screens`)."""

@@ -1,0 +1,199 @@
+"""`im2latex-jax render-screens`: formulas -> screenshot-like images.
+
+    im2latex-jax render-screens --engine katex --out data/katex \\
+        --formulas DATA/im2latex_formulas.norm.lst \\
+        --split-list DATA/im2latex_train_filter.lst \\
+        --split-list DATA/im2latex_validate_filter.lst:0:7475 --n 5000
+
+Each image gets a random rendering (engine-specific: pdflatex font family,
+point size and resolution; KaTeX/MathJax pixel size and 2x "retina"
+captures; display or inline style) and a random presentation (margins,
+background, dark mode, ink colour, blur, re-capture, JPEG; `presentation`),
+seeded per (seed, engine, formula index) so any image can be made again.
+What was drawn is kept per image in `render_params.jsonl`, with the image's
+true scale (`true_scale`: the factor that brings it to the dataset's glyph
+size).
+
+`--as dataset` (default) stores what the model is trained on: the screenshot
+normalized like a user image at inference (`preprocess.normalize`), with its
+true scale instead of an estimate, on im2latex's buckets; `merge-data` and
+`train` read it like the real data. `--as screenshot` stores the RGB
+screenshot itself (for evaluation: the screenshot benchmark does this).
+Formulas that fail to render are listed in `render_failures.tsv` and on
+stderr, and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from im2latex_jax import preprocess
+from im2latex_jax.data import layout
+from im2latex_jax.datagen import engines
+from im2latex_jax.datagen import presentation
+
+# pdflatex: document sizes (pt) and resolutions (dpi) drawn from: PDF viewers
+# at 100-150 % zoom on 96-144 dpi screens up to print-resolution crops.
+PDF_POINT_SIZES = (10, 11, 12)
+PDF_DPIS = (96, 110, 120, 144, 150, 200, 240, 300)
+# KaTeX / MathJax: em in px, log-uniform (web pages set 12-33 px text).
+WEB_EM_RANGE = (12.0, 40.0)
+RETINA_SHARE = 0.25
+INLINE_SHARE = 0.3
+ENGINE_IDS = {name: i for i, name in enumerate(engines.ENGINES)}
+
+
+def image_rng(seed: int, engine: str, index: int) -> np.random.Generator:
+  """The generator of one image: independent of which others are drawn."""
+  return np.random.default_rng([seed, ENGINE_IDS[engine], index])
+
+
+def sample_spec(engine: str, rng: np.random.Generator) -> dict[str, Any]:
+  """A random rendering of one formula on `engine` (see engines.render)."""
+  style = 'inline' if rng.uniform() < INLINE_SHARE else 'display'
+  if engine == 'pdflatex':
+    spec = {'font': str(rng.choice(sorted(engines.FONTS))),
+            'pt': int(rng.choice(PDF_POINT_SIZES)),
+            'dpi': int(rng.choice(PDF_DPIS)), 'style': style}
+    spec['em_px'] = engines.em_px_of(spec)
+    return spec
+  lo, hi = np.log(WEB_EM_RANGE[0]), np.log(WEB_EM_RANGE[1])
+  em = float(np.exp(rng.uniform(lo, hi)))
+  retina = bool(rng.uniform() < RETINA_SHARE)
+  return {'em_px': round(em * (2 if retina else 1), 2), 'retina': retina,
+          'style': style}
+
+
+def draw(engine: str, formulas: Sequence[str], specs: Sequence[dict[str, Any]],
+         looks: Sequence[presentation.Presentation], workers: int = 2
+         ) -> list[tuple[np.ndarray | None, str | None]]:
+  """Renders and presents each formula: (uint8 [H, W, 3] RGB, None) or
+  (None, why it failed)."""
+  glyphs = engines.render(engine, formulas, specs, workers=workers)
+  out = []
+  for g, look in zip(glyphs, looks):
+    if g.image is None:
+      out.append((None, g.error))
+    else:
+      out.append((presentation.apply(g.image, look), None))
+  return out
+
+
+def to_dataset(rgb: np.ndarray, em_px: float) -> np.ndarray:
+  """A screenshot as training data: normalized at its true scale onto
+  im2latex's buckets (raises preprocess.ImageError if it fits none)."""
+  return preprocess.normalize_image(rgb, scale=preprocess.DATASET_EM_PX / em_px)
+
+
+def parse_list_arg(arg: str) -> tuple[str, int | None, int | None]:
+  """`FILE`, `FILE:START:STOP` (a slice of its lines, as `validation[a:b]`)."""
+  parts = arg.rsplit(':', 2)
+  if len(parts) == 3 and all(p == '' or p.lstrip('-').isdigit() for p in parts[1:]):
+    return parts[0], (int(parts[1]) if parts[1] else None), (
+        int(parts[2]) if parts[2] else None)
+  return arg, None, None
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog='im2latex-jax render-screens', description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--engine', required=True, choices=engines.ENGINES)
+  p.add_argument('--formulas', required=True,
+                 help='formula file, one per line (e.g. im2latex_formulas.norm.lst)')
+  p.add_argument('--split-list', action='append', default=[],
+                 help='render only the formulas of this split list '
+                 '(`<image> <index>` lines); FILE:START:STOP takes a slice; '
+                 'repeatable. Default: every line of --formulas')
+  p.add_argument('--n', type=int, default=None,
+                 help='render a seeded random sample of N of those formulas')
+  p.add_argument('--out', required=True, help='output dir (official layout)')
+  p.add_argument('--split', default='train', choices=sorted(layout.SPLIT_FILES))
+  p.add_argument('--as', dest='mode', default='dataset',
+                 choices=('dataset', 'screenshot'))
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--workers', type=int, default=2)
+  return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+  """Returns 0; 2 for bad arguments (one line on stderr)."""
+  args = _parse_args(list(argv)[1:])
+  try:
+    engines.check_engine(args.engine)
+    formulas = layout.read_formulas(args.formulas)
+    if formulas and formulas[-1] == '':
+      formulas.pop()
+    if args.split_list:
+      indices = []
+      for arg in args.split_list:
+        path, start, stop = parse_list_arg(arg)
+        pairs = layout.read_split_list(path, len(formulas))[start:stop]
+        indices.extend(idx for _, idx in pairs)
+      indices = sorted(set(indices))
+    else:
+      indices = list(range(len(formulas)))
+  except (RuntimeError, OSError, layout.DataFormatError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if args.n is not None:
+    if args.n > len(indices):
+      print(f'error: --n {args.n} but only {len(indices)} formulas were '
+            'selected', file=sys.stderr)
+      return 2
+    pick = np.random.default_rng(args.seed).choice(len(indices), args.n,
+                                                   replace=False)
+    indices = sorted(indices[i] for i in pick)
+
+  start = time.time()
+  specs, looks = [], []
+  for idx in indices:
+    rng = image_rng(args.seed, args.engine, idx)
+    spec = sample_spec(args.engine, rng)
+    specs.append(spec)
+    looks.append(presentation.sample(rng, spec['em_px']))
+  drawn = draw(args.engine, [formulas[i] for i in indices], specs, looks,
+               workers=args.workers)
+
+  def finish(item):
+    (rgb, err), spec = item
+    if rgb is None or args.mode == 'screenshot':
+      return rgb, err
+    try:
+      return to_dataset(rgb, spec['em_px']), None
+    except preprocess.ImageError as e:
+      return None, f'normalize: {e}'
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
+    images = list(pool.map(finish, zip(drawn, specs)))
+  names, params, failures = {}, {}, []
+  for idx, spec, look, (im, err) in zip(indices, specs, looks, images):
+    if im is None:
+      failures.append((idx, err))
+      continue
+    name = f'{args.engine}_{idx:06d}.png'
+    names[idx] = (name, im)
+    params[name] = {'formula': idx, 'engine': args.engine, 'seed': args.seed,
+                    'as': args.mode, **spec,
+                    'true_scale': preprocess.DATASET_EM_PX / spec['em_px'],
+                    'presentation': look.to_json()}
+  layout.write_dataset(args.out, formulas, args.split,
+                       ((i, n, im) for i, (n, im) in sorted(names.items())),
+                       params=params, failures=failures)
+  for idx, err in failures:
+    print(f'render-screens: formula {idx} skipped: {err}', file=sys.stderr)
+  elapsed = time.time() - start
+  print(f'render-screens {args.engine}: {len(names)}/{len(indices)} images in '
+        f'{elapsed:.1f} s ({len(indices) / max(elapsed, 1e-9):.1f} formulas/s), '
+        f'{len(failures)} failures -> {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
