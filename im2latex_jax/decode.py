@@ -61,6 +61,7 @@ class GreedyResult(NamedTuple):
   token_logprobs: jax.Array  # float32 [batch, max_len]: 0 after the end.
   lengths: jax.Array  # int32 [batch]: tokens up to and including EOS.
   aux: jax.Array | None = None  # [batch, max_len, ...] if collect_aux.
+  looped: jax.Array | None = None  # bool [batch]: stopped by loop_span.
 
 
 class BeamResult(NamedTuple):
@@ -105,8 +106,33 @@ class GreedyState:
   last_tokens: jax.Array  # int32 [batch]: the input of the next step.
   token_logprobs: jax.Array  # float32 [batch, max_len]
   finished: jax.Array  # bool [batch]
+  looped: jax.Array  # bool [batch]
   carry: PyTree  # leaves [batch, ...]
   aux: Any  # [batch, max_len, ...] or None
+
+
+# Periods up to this are checked by the loop detector (`periodic_tail`).
+MAX_LOOP_PERIOD = 6
+
+
+def periodic_tail(tokens: jax.Array, end: jax.Array, span: int,
+                  max_period: int = MAX_LOOP_PERIOD) -> jax.Array:
+  """Whether tokens[:, end - span:end] repeats with a period <= max_period.
+
+  Args:
+    tokens: int32 [batch, L].
+    end: int32 scalar, the number of tokens written so far.
+    span: how many of the last tokens must be periodic (static).
+
+  Returns:
+    bool [batch]; False while end < span.
+  """
+  start = jnp.maximum(end - span, 0)
+  window = lax.dynamic_slice_in_dim(tokens, start, span, axis=1)  # [B, span]
+  hit = jnp.zeros(tokens.shape[:1], jnp.bool_)
+  for n in range(1, max_period + 1):
+    hit |= jnp.all(window[:, n:] == window[:, :-n], axis=1)
+  return hit & (end >= span)
 
 
 def greedy_search(step_fn: StepFn,
@@ -116,7 +142,8 @@ def greedy_search(step_fn: StepFn,
                   bos_id: int,
                   eos_id: int,
                   max_len: int,
-                  collect_aux: bool = False) -> GreedyResult:
+                  collect_aux: bool = False,
+                  loop_span: int = 0) -> GreedyResult:
   """Picks the most likely token at every step until all sequences hit EOS.
 
   Args:
@@ -129,6 +156,10 @@ def greedy_search(step_fn: StepFn,
     collect_aux: record the third output of `step_fn` (e.g. attention
       weights) at every step into `GreedyResult.aux` `[B, max_len, ...]`
       (zeros after a sequence has ended). `step_fn` must then return it.
+    loop_span: if > 0, a sequence whose last `loop_span` tokens repeat with a
+      period of at most MAX_LOOP_PERIOD tokens (`\\! \\! \\! ...`) is stopped
+      there and flagged in `GreedyResult.looped`, instead of running to
+      max_len; it ends without EOS. 0 (or more than max_len): never.
 
   Returns:
     A `GreedyResult`.
@@ -152,6 +183,7 @@ def greedy_search(step_fn: StepFn,
       last_tokens=bos,
       token_logprobs=jnp.zeros((batch_size, max_len), jnp.float32),
       finished=jnp.zeros((batch_size,), jnp.bool_),
+      looped=jnp.zeros((batch_size,), jnp.bool_),
       carry=init_carry,
       aux=aux0)
 
@@ -174,12 +206,19 @@ def greedy_search(step_fn: StepFn,
       mask = (~state.finished).reshape((-1,) + (1,) * (aux.ndim - 1))
       step_aux = jnp.where(mask, aux, 0).astype(state.aux.dtype)
       new_aux = state.aux.at[:, t].set(step_aux)
+    tokens = state.tokens.at[:, t].set(next_tokens)
+    finished = state.finished | (next_tokens == eos_id)
+    looped = state.looped
+    if 0 < loop_span <= max_len:
+      looped = looped | (~finished & periodic_tail(tokens, t + 1, loop_span))
+      finished = finished | looped
     return GreedyState(
         cur_index=t + 1,
-        tokens=state.tokens.at[:, t].set(next_tokens),
+        tokens=tokens,
         last_tokens=next_tokens,
         token_logprobs=state.token_logprobs.at[:, t].set(next_logprobs),
-        finished=state.finished | (next_tokens == eos_id),
+        finished=finished,
+        looped=looped,
         carry=carry,
         aux=new_aux)
 
@@ -189,7 +228,8 @@ def greedy_search(step_fn: StepFn,
       logprobs=final.token_logprobs.sum(-1),
       token_logprobs=final.token_logprobs,
       lengths=_sequence_lengths(final.tokens, eos_id),
-      aux=final.aux)
+      aux=final.aux,
+      looped=final.looped)
 
 
 # ------------------------------------------------------------------------------

@@ -92,13 +92,16 @@ def load_model(workdir: str, step: int | str = "best") -> LoadedModel:
 
 
 def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
-                   length_penalty: float = 0.0, collect_attention: bool = False):
+                   length_penalty: float = 0.0, collect_attention: bool = False,
+                   loop_span: int = 0):
   """Returns jit(fn)(variables, images, image_hw) -> dict of numpy-able arrays.
 
   Greedy (beam_size == 1) returns tokens [B, L], logprobs [B],
   token_logprobs [B, L], lengths [B] and, with collect_attention, attention
   [B, L, N] plus feature_hw [B, 2]. Beam search returns the best beam in the
   same keys (no per-token values) and all beams under 'beam_tokens'.
+  `loop_span` > 0 stops a greedy sequence that loops (`decode.greedy_search`)
+  and adds 'looped' [B].
   """
   if beam_size < 1:
     raise ValueError(f"beam size must be >= 1, got {beam_size}.")
@@ -111,9 +114,12 @@ def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
       def step_fn(carry, tokens):
         return model.apply(variables, enc, carry, tokens, method=model.decode_step)
       r = decode.greedy_search(step_fn, carry, b, bos_id=vocab_lib.BOS, eos_id=vocab_lib.EOS,
-                               max_len=max_len, collect_aux=collect_attention)
+                               max_len=max_len, collect_aux=collect_attention,
+                               loop_span=loop_span)
       out = {"tokens": r.tokens, "logprobs": r.logprobs,
              "token_logprobs": r.token_logprobs, "lengths": r.lengths}
+      if loop_span:
+        out["looped"] = r.looped
       if collect_attention:
         out["attention"] = r.aux
         out["feature_hw"] = enc["feature_hw"]

@@ -4,9 +4,12 @@
 
 Arguments are files, directories (every image directly inside, sorted by name)
 or `-` for image bytes on stdin. Prints one line per image to stdout,
-`<path>\t<latex>`, or with --json one JSON object per line. An image that
-cannot be read or predicted prints `<path>: error: <reason>` to stderr and the
-others go on; the exit code is 1 if any failed, 2 for a usage or model error.
+`<path>\t<latex>`, or with --json one JSON object per line (`latex`,
+`tokens`, `token_probs`, `logprob`, `low_confidence` with its `warnings`, the
+applied `scale`, `timings`). An image that cannot be read or predicted prints
+`<path>: error: <reason>` to stderr (and with --json a `{"path", "error"}`
+record to stdout) and the others go on. Exit status: 0 only if every image
+was predicted, 1 if any failed, 2 for a usage or model error.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, Iterator, TextIO
 
 import numpy as np
 
+from im2latex_jax.predictor import confidence_json as predictor_confidence
 from im2latex_jax.serve import image_io
 
 # File extensions a directory argument is searched for (lower case).
@@ -64,6 +68,7 @@ def _record(path: str, pred, beam: int) -> dict[str, Any]:
       "tokens": list(pred.tokens),
       "token_probs": [round(float(p), 6) for p in pred.token_probs],
       "logprob": float(pred.logprob),
+      **predictor_confidence(pred),
       "beam": beam,
       "timings": {k: round(float(v), 6) for k, v in pred.timings.items()},
   }
@@ -81,22 +86,22 @@ class _Runner:
   def fail(self, path: str, reason: str):
     self.failed += 1
     print(f"{path}: error: {reason}", file=self.err, flush=True)
+    if self.as_json:
+      print(json.dumps({"path": path, "error": reason}, ensure_ascii=False),
+            file=self.out, flush=True)
 
-  def run_batch(self, batch: list[tuple[str, np.ndarray]]):
-    if not batch:
-      return
-    try:
-      preds = self.predictor.predict([im for _, im in batch],
-                                     beam_size=self.beam)
-    except ValueError as e:
-      if len(batch) == 1:
-        self.fail(batch[0][0], str(e))
-        return
-      # One bad image fails the whole call; rerun one by one to find it.
-      for item in batch:
-        self.run_batch([item])
-      return
-    for (path, _), pred in zip(batch, preds):
+  def run_batch(self, batch: list[tuple[str, np.ndarray | str]]):
+    """Predicts the images of a batch and prints every entry in order; an
+    entry holding a string instead of an image is a read error."""
+    images = [im for _, im in batch if not isinstance(im, str)]
+    # One result per image: a Prediction, or the error that refused it.
+    preds = iter(self.predictor.predict_each(images, beam_size=self.beam)
+                 if images else [])
+    for path, im in batch:
+      pred = im if isinstance(im, str) else next(preds)
+      if isinstance(pred, (str, Exception)):
+        self.fail(path, str(pred))
+        continue
       if self.as_json:
         line = json.dumps(_record(path, pred, self.beam), ensure_ascii=False)
       else:
@@ -157,17 +162,16 @@ def main(argv: list[str], predictor=None, out: TextIO | None = None,
       return 2
 
   runner = _Runner(predictor, args.beam, args.json, out, err)
-  batch: list[tuple[str, np.ndarray]] = []
+  batch: list[tuple[str, np.ndarray | str]] = []
   for path, error in _expand(args.images):
-    if error is not None:
-      runner.fail(path, error)
-      continue
-    try:
-      batch.append((path, _read(path)))
-    except (image_io.UploadError, OSError) as e:
-      runner.fail(path, str(e))
-      continue
-    if len(batch) == args.batch_size:
+    if error is None:
+      try:
+        batch.append((path, _read(path)))
+      except (image_io.UploadError, OSError) as e:
+        batch.append((path, str(e)))
+    else:
+      batch.append((path, error))
+    if sum(not isinstance(im, str) for _, im in batch) == args.batch_size:
       runner.run_batch(batch)
       batch = []
   runner.run_batch(batch)

@@ -18,6 +18,10 @@ Usage:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
+import os
 from typing import Sequence
 
 import numpy as np
@@ -91,6 +95,15 @@ HALF_SCALE_MAX_LOG = -0.1
 # by im2markup's processing (10 / 72.27 * 200 / 2). A render whose em is E px
 # is at the dataset's scale after a rescale by DATASET_EM_PX / E.
 DATASET_EM_PX = 10 / 72.27 * 200 / 2
+
+# Canvases for formulas larger than every training bucket, (H, W) rounded up
+# on these ladders so that only a few more programs compile. 800 px of height
+# is 100 feature rows, as many as im2markup's row encoder has initial states.
+OVERFLOW_HEIGHTS = (50, 100, 160, 240, 320, 480, 640, 800)
+OVERFLOW_WIDTHS = (500, 750, 1000, 1500, 2000, 3000)
+# A formula larger than the largest overflow canvas is shrunk to fit it, but
+# not by more than this (glyphs would become unreadable).
+MIN_OVERFLOW_SHRINK = 0.6
 
 # Inputs smaller than this on a side carry no readable formula.
 MIN_SIDE = 4
@@ -320,19 +333,22 @@ def smallest_bucket(h: int, w: int, buckets: Sequence[tuple[int, int]]
 def normalize_image(image: np.ndarray | Image.Image, *,
                     buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
                     target_glyph_height: float | None = None,
-                    scale: float | None = None) -> np.ndarray:
+                    scale: float | None = None,
+                    overflow: bool = True) -> np.ndarray:
   """Turns an arbitrary formula image into a dataset-like model input.
 
   `normalize` does the same and also returns the rescale factor it applied.
   """
   return normalize(image, buckets=buckets,
-                   target_glyph_height=target_glyph_height, scale=scale)[0]
+                   target_glyph_height=target_glyph_height, scale=scale,
+                   overflow=overflow)[0]
 
 
 def normalize(image: np.ndarray | Image.Image, *,
               buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
               target_glyph_height: float | None = None,
-              scale: float | None = None) -> tuple[np.ndarray, float]:
+              scale: float | None = None,
+              overflow: bool = True) -> tuple[np.ndarray, float]:
   """Turns an arbitrary formula image into a dataset-like model input.
 
   Args:
@@ -346,14 +362,45 @@ def normalize(image: np.ndarray | Image.Image, *,
     scale: the rescale factor to apply instead of estimating it (e.g. the
       known one of a render: DATASET_EM_PX / its em in px); overrides
       target_glyph_height.
+    overflow: see `place`.
 
   Returns:
-    (uint8 [H, W] with (H, W) one of `buckets`: dark ink on white (255), the
+    (uint8 [H, W] with (H, W) one of `buckets` (or an overflow canvas): dark ink on white (255), the
     ink's box at (MARGIN, MARGIN); the rescale factor applied).
 
   Raises:
     ImageError: the image is empty, blank, too small or too coarse to read, or
       too large for the largest bucket; the message says what to do.
+  """
+  crop = crop_formula(image)
+  if scale is None:
+    target = DATASET_GLYPH_HEIGHT if target_glyph_height is None else float(
+        target_glyph_height)
+    scale = (estimate_scale(crop) * target / DATASET_GLYPH_HEIGHT
+             if target > 0 else 1.0)
+  return place(crop.ink, scale, buckets, overflow=overflow), float(scale)
+
+
+@dataclasses.dataclass
+class Crop:
+  """A formula cut out of a user image, at the image's own scale.
+
+  Attributes:
+    ink: float32 [h, w] in [0, 255], ink 0 on 255, cropped to the ink, the
+      contrast stretched so the darkest ink is 0.
+    unstretched: the same crop with only the background brought to 255 (the
+      below-scale statistics are measured here: the stretch darkens the grey,
+      blurred strokes of a low-resolution input).
+  """
+  ink: np.ndarray
+  unstretched: np.ndarray
+
+
+def crop_formula(image: np.ndarray | Image.Image) -> Crop:
+  """Grayscale, trim frames, invert dark pages, stretch contrast, crop to ink.
+
+  Raises:
+    ImageError: the image is empty, too small or blank.
   """
   g = to_grayscale(image)
   if g.size == 0:
@@ -385,14 +432,133 @@ def normalize(image: np.ndarray | Image.Image, *,
   if box is None:
     raise ImageError('the image is blank after removing its background; '
                      'pass an image with a formula on it')
-  g = g[box[0]:box[2], box[1]:box[3]]
-  unstretched = unstretched[box[0]:box[2], box[1]:box[3]]
+  return Crop(g[box[0]:box[2], box[1]:box[3]],
+              unstretched[box[0]:box[2], box[1]:box[3]])
 
-  if scale is None:
-    target = DATASET_GLYPH_HEIGHT if target_glyph_height is None else float(
-        target_glyph_height)
-    scale = (_rescale_factor(g, unstretched) * target / DATASET_GLYPH_HEIGHT
-             if target > 0 else 1.0)
+
+SCALE_FEATURES = ('log_height_median', 'log_height_p25', 'log_height_p75',
+                  'log_height_max', 'log_stroke_width', 'log_vertical_run',
+                  'solid_ink_fraction', 'log_crop_height', 'log_components')
+# Fitted by benchmarks/calibrate_scale.py (renders of training formulas by
+# every renderer at known scales, and dataset images): log(scale) =
+# weights . scale_features + bias.
+SCALE_REGRESSION_FILE = os.path.join(os.path.dirname(__file__), 'assets',
+                                     'scale_regression.json')
+
+
+def scale_features(crop: Crop) -> np.ndarray:
+  """float64 [len(SCALE_FEATURES)] glyph-size statistics of a crop (px in
+  log): component heights (quartiles, max), stroke width, vertical ink run,
+  solid-ink share, crop height, component count. nan where undefined."""
+  g = crop.ink
+  labels, _ = ndimage.label(g < INK_THRESHOLD, structure=np.ones((3, 3)))
+  boxes = [b for b in ndimage.find_objects(labels) if b is not None]
+  hs = np.array([b[0].stop - b[0].start for b in boxes], np.float64)
+  ws = np.array([b[1].stop - b[1].start for b in boxes], np.float64)
+  keep = (hs >= 2) & (ws <= 3 * hs)
+  h = hs[keep] if keep.any() else hs
+  if h.size == 0:
+    h = np.array([float(g.shape[0])])
+  with np.errstate(divide='ignore', invalid='ignore'):
+    return np.array([
+        np.log(np.median(h)), np.log(np.percentile(h, 25)),
+        np.log(np.percentile(h, 75)), np.log(h.max()),
+        np.log(estimate_stroke_width(g)),
+        np.log(estimate_vertical_run(crop.unstretched) + 1e-3),
+        solid_ink_fraction(crop.unstretched), np.log(g.shape[0]),
+        np.log(h.size + 1)])
+
+
+@functools.lru_cache(maxsize=1)
+def _scale_regression() -> tuple[np.ndarray, float] | None:
+  if not os.path.exists(SCALE_REGRESSION_FILE):
+    return None
+  with open(SCALE_REGRESSION_FILE, encoding='utf-8') as f:
+    d = json.load(f)
+  if tuple(d['features']) != SCALE_FEATURES:
+    raise ValueError(f'{SCALE_REGRESSION_FILE} was fitted on other features; '
+                     'rerun benchmarks/calibrate_scale.py')
+  return np.asarray(d['weights'], np.float64), float(d['bias'])
+
+
+def regression_scale(crop: Crop) -> float | None:
+  """The calibrated regression's scale estimate; None if it has no fit or a
+  feature is undefined."""
+  fit = _scale_regression()
+  if fit is None:
+    return None
+  x = scale_features(crop)
+  if not np.all(np.isfinite(x)):
+    return None
+  return float(np.exp(x @ fit[0] + fit[1]))
+
+
+def estimate_scale(crop: Crop) -> float:
+  """The factor that brings a crop's glyphs to the dataset's size."""
+  return _rescale_factor(crop.ink, crop.unstretched)
+
+
+def overflow_canvas(h: int, w: int) -> tuple[int, int] | None:
+  """The smallest OVERFLOW_HEIGHTS x OVERFLOW_WIDTHS canvas holding h x w."""
+  hh = next((v for v in OVERFLOW_HEIGHTS if v >= h), None)
+  ww = next((v for v in OVERFLOW_WIDTHS if v >= w), None)
+  return None if hh is None or ww is None else (hh, ww)
+
+
+# The glyph-size search of the predictor: round 1 reads the image at the
+# regression estimate times exp(offset) for each offset of the first tuple
+# (plus the dataset-calibrated estimate), each later round around the best
+# reading so far; the reading the model is most sure of (mean token
+# log-probability) is kept. Offsets in log scale: the shipped model reads
+# within about +-10 % of the true scale (README "Screenshots").
+SCALE_ROUNDS = ((-0.25, 0.0, 0.25), (-0.12, 0.12))
+# Candidates closer than this (log scale) to one already read are skipped.
+SCALE_DEDUP = 0.03
+
+
+def scale_candidates(crop: Crop, offsets: Sequence[float] = SCALE_ROUNDS[0]
+                     ) -> list[float]:
+  """First-round rescale factors for a crop, the most likely first.
+
+  The calibrated regression's estimate (`regression_scale`) times
+  exp(offset), then the dataset-calibrated estimate (`estimate_scale`),
+  which is exact on images at the dataset's own scale.
+  """
+  legacy = estimate_scale(crop)
+  reg = regression_scale(crop)
+  center = legacy if reg is None else reg
+  return dedup_scales([center * float(np.exp(o)) for o in offsets] + [legacy])
+
+
+def dedup_scales(scales: Sequence[float], seen: Sequence[float] = ()
+                 ) -> list[float]:
+  """`scales` without those within SCALE_DEDUP of `seen` or of an earlier one."""
+  out: list[float] = []
+  for sc in scales:
+    if all(abs(np.log(sc / o)) > SCALE_DEDUP for o in list(seen) + out):
+      out.append(sc)
+  return out
+
+
+def place(ink: np.ndarray, scale: float,
+          buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS, *,
+          overflow: bool = True) -> np.ndarray:
+  """Rescales a crop by `scale` and puts it at (MARGIN, MARGIN) on the first
+  bucket that holds it.
+
+  Args:
+    ink: a `Crop.ink`.
+    scale: the rescale factor.
+    buckets: (H, W) canvases, tried in order.
+    overflow: a formula larger than every bucket goes on an overflow canvas
+      (`overflow_canvas`; the models have no fully connected layer, so they
+      read any size), shrunk to the largest one if it is larger still; False:
+      refuse it (training data stays on the training buckets).
+
+  Raises:
+    ImageError: the formula vanishes when rescaled, or fits no canvas.
+  """
+  g = ink
   scale = float(scale)
   if not scale > 0:
     raise ValueError(f'scale={scale} must be positive')
@@ -407,6 +573,19 @@ def normalize(image: np.ndarray | Image.Image, *,
 
   h, w = g.shape
   bucket = smallest_bucket(h + 2 * MARGIN, w + 2 * MARGIN, buckets)
+  if bucket is None and overflow:
+    bucket = overflow_canvas(h + 2 * MARGIN, w + 2 * MARGIN)
+    if bucket is None:
+      # Larger than the largest canvas: shrink to fit it (a little smaller
+      # glyphs read better than none), unless that would make them unreadable.
+      fit = min((OVERFLOW_HEIGHTS[-1] - 2 * MARGIN) / h,
+                (OVERFLOW_WIDTHS[-1] - 2 * MARGIN) / w)
+      if fit < MIN_OVERFLOW_SHRINK:
+        raise ImageError(
+            f'the formula is {h}x{w} px at the training scale, more than '
+            f'{OVERFLOW_HEIGHTS[-1]}x{OVERFLOW_WIDTHS[-1]}: crop the image to '
+            'one formula (or a few lines) and try again')
+      return place(g, fit, buckets, overflow=True)
   if bucket is None:
     bh, bw = max(b[0] for b in buckets), max(b[1] for b in buckets)
     raise ImageError(f'the formula is {h}x{w} px at the training scale, larger '
@@ -414,4 +593,4 @@ def normalize(image: np.ndarray | Image.Image, *,
                      'margin); crop the image to a single formula or split it')
   out = np.full(bucket, 255, np.uint8)
   out[MARGIN:MARGIN + h, MARGIN:MARGIN + w] = np.round(g).astype(np.uint8)
-  return out, scale
+  return out

@@ -346,3 +346,37 @@ def test_no_retrace_across_calls():
   after_first = traces['n']
   jax.block_until_ready(search(h0 + 1.0))
   assert traces['n'] == after_first
+
+
+def test_greedy_loop_detection_stops_a_runaway():
+  # Row 0 of the batch loops A B A B ... forever; row 1 says A then EOS. With
+  # loop_span=6 row 0 stops after exactly 6 tokens (the first moment its
+  # last 6 are periodic), flagged; row 1 is untouched; without it, row 0
+  # runs to max_len.
+  max_len = 40
+  probs = toy_probs({BOS: {A: 1.0}, A: {B: 1.0}, B: {A: 1.0}})
+  table = jnp.log(jnp.asarray(probs) + TINY)
+  eos_row = jnp.log(jnp.asarray(toy_probs({BOS: {A: 1.0}, A: {EOS: 1.0}})) + TINY)
+
+  def step_fn(carry, tokens):
+    logits = jnp.where((carry == 1)[:, None], eos_row[tokens], table[tokens])
+    return logits, carry
+
+  carry = jnp.array([0, 1], jnp.int32)
+  kw = dict(bos_id=BOS, eos_id=EOS, max_len=max_len)
+  looped = decode.greedy_search(step_fn, carry, 2, loop_span=6, **kw)
+  np.testing.assert_array_equal(looped.looped, [True, False])
+  np.testing.assert_array_equal(np.asarray(looped.tokens)[0, :7], [A, B, A, B, A, B, PAD])
+  np.testing.assert_array_equal(np.asarray(looped.tokens)[1, :2], [A, EOS])
+  free = decode.greedy_search(step_fn, carry, 2, **kw)
+  assert (np.asarray(free.tokens)[0] != PAD).all()  # ran to max_len
+  assert not np.asarray(free.looped).any()
+
+
+def test_periodic_tail_periods():
+  toks = jnp.array([[5, 6, 7, 5, 6, 7, 5, 6, 7],    # period 3
+                    [5, 6, 7, 8, 9, 3, 4, 5, 6],    # none
+                    [1, 2, 3, 4, 5, 6, 7, 1, 2]])   # period 7 > MAX: no
+  np.testing.assert_array_equal(decode.periodic_tail(toks, jnp.int32(9), 9), [True, False, False])
+  # Not enough tokens yet.
+  np.testing.assert_array_equal(decode.periodic_tail(toks, jnp.int32(5), 9), [False] * 3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import os
 import urllib.request
 
 import jax
@@ -65,7 +66,10 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def predictor(workdir):
-  return predictor_lib.load_predictor(workdir)
+  # One reading per image at the dataset-calibrated estimate, so the batching
+  # and compilation tests see exactly one program call per image group; the
+  # glyph-size search has tests of its own.
+  return predictor_lib.load_predictor(workdir, scale_rounds=())
 
 
 def formula(text: str, size=(200, 40), seed: int = 0) -> np.ndarray:
@@ -158,7 +162,8 @@ def test_beam_search_has_probs_and_attention(predictor):
 
 
 def test_more_images_than_the_largest_batch(predictor):
-  small = predictor_lib.Predictor(predictor._loaded, batch_sizes=(1, 2))  # pylint: disable=protected-access
+  small = predictor_lib.Predictor(predictor._loaded, batch_sizes=(1, 2),  # pylint: disable=protected-access
+                                 scale_rounds=())
   images = [SHORT[0], SHORT[1], SHORT[2], SHORT[0], SHORT[1]]
   preds = small.predict(images)
   bucket = preds[0].image.shape
@@ -272,3 +277,75 @@ def test_concurrent_requests_on_real_model(predictor):
   for i, status, body in results:
     assert status == 200
     assert body["latex"] == expected[i % 4]
+
+
+def test_trim_loop_cuts_a_periodic_tail_to_one_period():
+  from im2latex_jax.predictor import trim_loop
+  head = [10, 11, 12]
+  assert trim_loop(head + [7] * 30, span=24) == (head + [7], True)
+  assert trim_loop(head + [7, 8] * 15, span=24) == (head + [7, 8], True)
+  # A short repeat (a legitimate `& & &` or `0 & 0 &`) is kept.
+  assert trim_loop(head + [7, 8] * 5, span=24) == (head + [7, 8] * 5, False)
+  assert trim_loop([], span=24) == ([], False)
+
+
+def test_wide_formula_is_read_on_an_overflow_canvas(predictor):
+  # 1,700 px wide at the training scale: wider than every training bucket.
+  wide = formula("a+b=" * 60, size=(1700, 40))
+  [p] = predictor.predict_each([wide], scales=[1.0])
+  assert not isinstance(p, Exception), p
+  h, w = p.image.shape
+  assert w in preprocess.OVERFLOW_WIDTHS and w >= 1700
+  assert h in preprocess.OVERFLOW_HEIGHTS or (h, w) in predictor.buckets
+  assert p.attention.shape[1:] == (h, w)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+  if predictor_lib.default_model_dir() is None:
+    pytest.skip("no shipped model")
+  return predictor_lib.load_predictor(None)
+
+
+def _embedded_image(k=3):
+  import tarfile  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(vocab_lib.__file__), "embedded",
+                      "formula_images_processed.tar.gz")
+  with tarfile.open(path) as tar:
+    members = [m for m in tar if m.isfile()]
+    with Image.open(io.BytesIO(tar.extractfile(members[k]).read())) as im:
+      return im.convert("L")
+
+
+@pytest.mark.slow
+def test_glyph_size_search_is_scale_free(shipped):
+  # One dataset formula at 1x, 1.5x, 2x and 3x: the search lands each on the
+  # same glyph size (scale x factor constant within one refinement step,
+  # ~12 %), so the model sees the same normalized image size.
+  im = _embedded_image()
+  factors = (1.0, 1.5, 2.0, 3.0)
+  ims = [np.asarray(im.resize((round(im.width * f), round(im.height * f)), Image.LANCZOS))
+         for f in factors]
+  preds = shipped.predict_each(ims)
+  assert not any(isinstance(p, Exception) for p in preds), preds
+  sizes = [p.scale * f for p, f in zip(preds, factors)]
+  for s in sizes:
+    assert abs(np.log(s / sizes[0])) < 0.13, sizes
+  heights = [np.ptp(np.nonzero((p.image < 128).any(1))[0]) for p in preds]
+  assert max(heights) - min(heights) <= 0.15 * max(heights) + 2, heights
+
+
+def test_search_keeps_one_of_the_scales_read(predictor):
+  search = predictor_lib.Predictor(predictor._loaded)  # pylint: disable=protected-access
+  [p] = search.predict_each([SHORT[0]])
+  crop = preprocess.crop_formula(SHORT[0])
+  first = preprocess.scale_candidates(crop, preprocess.SCALE_ROUNDS[0])
+  assert len(first) >= 3
+  # The winner is one of the scales read: round 1, or round 2 around one.
+  assert p.scale is not None and min(abs(np.log(p.scale / s)) for s in first) <= 0.13
+  # Beam: the winning scale is decoded again with the beam.
+  [b] = search.predict_each([SHORT[0]], beam_size=2)
+  assert b.scale == p.scale
+  # A known scale is read once, at that scale, in full.
+  [q] = search.predict_each([SHORT[0]], scales=[1.0])
+  assert q.scale == 1.0

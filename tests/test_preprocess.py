@@ -138,11 +138,24 @@ def test_errors(image, match):
     preprocess.normalize_image(image)
 
 
-def test_too_large():
+def test_too_large_goes_on_an_overflow_canvas():
   a = np.asarray(Image.open(FIXTURES[0]))
-  tiled = np.tile(_crop(a), (1, 8))  # ~8 formulas side by side: > 800 px
+  crop = _crop(a)
+  tiled = np.tile(crop, (1, 8))  # ~8 formulas side by side: > 800 px
   with pytest.raises(preprocess.ImageError, match='larger than the largest'):
-    preprocess.normalize_image(tiled)
+    preprocess.normalize_image(tiled, overflow=False)
+  out = preprocess.normalize_image(tiled)
+  assert out.shape[0] in preprocess.OVERFLOW_HEIGHTS
+  assert out.shape[1] in preprocess.OVERFLOW_WIDTHS
+  box = _ink_box(out)
+  assert (box[0], box[1]) == (preprocess.MARGIN, preprocess.MARGIN)
+  # Larger than the largest overflow canvas by less than 1/0.6: shrunk to fit.
+  wide = np.tile(crop, (1, int(np.ceil(3400 / crop.shape[1]))))
+  out = preprocess.normalize_image(wide)
+  assert out.shape[1] == preprocess.OVERFLOW_WIDTHS[-1]
+  # Far larger: refused, saying what to do.
+  with pytest.raises(preprocess.ImageError, match='crop the image'):
+    preprocess.normalize_image(np.tile(crop, (1, int(np.ceil(6000 / crop.shape[1])))))
 
 
 def test_unsupported_mode():

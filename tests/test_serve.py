@@ -483,3 +483,17 @@ def test_cli_uses_load_predictor(stub_loader, image_dir, capsys):
   stub_loader.load_predictor = none
   assert predict_cli.main(["im2latex-jax predict", str(image_dir)]) == 2
   assert "no shipped model" in capsys.readouterr().err
+
+
+def test_cli_good_garbage_missing(tmp_path, image_dir):
+  garbage = tmp_path / "garbage.png"
+  garbage.write_bytes(bytes(range(256)) * 4)
+  missing = tmp_path / "missing.png"
+  rc, out, err = run_cli([str(image_dir / "a.png"), str(garbage), str(missing), "--json"])
+  assert rc == 1  # not every file succeeded
+  records = [json.loads(line) for line in out]
+  assert records[0]["path"].endswith("a.png") and records[0]["latex"] == "\\frac { a } { b }"
+  assert records[0]["low_confidence"] is False and records[0]["warnings"] == []
+  assert records[1]["path"] == str(garbage) and "error" in records[1]
+  assert records[2]["path"] == str(missing) and "no such file" in records[2]["error"]
+  assert len(err) == 2 and str(garbage) in err[0] and str(missing) in err[1]

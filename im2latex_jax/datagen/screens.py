@@ -88,7 +88,8 @@ def draw(engine: str, formulas: Sequence[str], specs: Sequence[dict[str, Any]],
 def to_dataset(rgb: np.ndarray, em_px: float) -> np.ndarray:
   """A screenshot as training data: normalized at its true scale onto
   im2latex's buckets (raises preprocess.ImageError if it fits none)."""
-  return preprocess.normalize_image(rgb, scale=preprocess.DATASET_EM_PX / em_px)
+  return preprocess.normalize_image(rgb, scale=preprocess.DATASET_EM_PX / em_px,
+                                    overflow=False)
 
 
 def parse_list_arg(arg: str) -> tuple[str, int | None, int | None]:

@@ -32,14 +32,9 @@ import flask
 import numpy as np
 from werkzeug import exceptions as wz_exceptions
 
+from im2latex_jax import predictor as predictor_lib
+from im2latex_jax.predictor import NoModelError
 from im2latex_jax.serve import image_io
-
-try:
-  from im2latex_jax.predictor import NoModelError
-except ImportError:  # predictor.py is written in parallel; same contract.
-
-  class NoModelError(RuntimeError):
-    """No workdir given and no shipped model."""
 
 PredictorFactory = Callable[[], Any]
 
@@ -127,19 +122,19 @@ class _Batcher:
 
   def _run(self, items, beam: int):
     try:
-      preds = self._holder.get().predict([im for im, _, _ in items],
-                                         beam_size=beam)
+      # One result per image (a Prediction or the error that refused it), so
+      # a bad image fails only the request that sent it.
+      preds = self._holder.get().predict_each([im for im, _, _ in items],
+                                              beam_size=beam)
     except Exception as e:  # pylint: disable=broad-except
-      if len(items) > 1:
-        # One bad image fails the whole call; retry one by one so only the
-        # request that sent it gets the error.
-        for item in items:
-          self._run([item], beam)
-      else:
-        items[0][2].set_exception(e)
+      for _, _, future in items:
+        future.set_exception(e)
       return
     for (_, _, future), pred in zip(items, preds):
-      future.set_result(pred)
+      if isinstance(pred, Exception):
+        future.set_exception(pred)
+      else:
+        future.set_result(pred)
 
 
 def create_app(predictor_factory: PredictorFactory,
@@ -308,6 +303,7 @@ def prediction_json(pred) -> dict[str, Any]:
       "tokens": list(pred.tokens),
       "token_probs": [round(float(p), 4) for p in pred.token_probs],
       "logprob": round(float(pred.logprob), 4),
+      **predictor_lib.confidence_json(pred),
       "image": _data_url(image_io.encode_png(pred.image)),
       "attention": attention_json(pred.attention),
   }

@@ -71,15 +71,19 @@ class FakePredictor:
 
   def predict_each(self, images: list[np.ndarray], beam_size: int = 1,
                    scales=None) -> list[Prediction | ImageError]:
-    """Per image: its Prediction, or the ImageError that refused it."""
+    """Per image: its Prediction, or the ImageError that refused it (one
+    predict() call when every image is readable)."""
     del scales  # The fake reads every image at its own size.
-    out = []
-    for im in images:
-      try:
-        out.extend(self.predict([im], beam_size))
-      except ImageError as e:
-        out.append(e)
-    return out
+    try:
+      return self.predict(images, beam_size)
+    except ImageError:
+      out = []
+      for im in images:
+        try:
+          out.extend(self.predict([im], beam_size))
+        except ImageError as e:
+          out.append(e)
+      return out
 
 
 def _preprocess(image: np.ndarray) -> np.ndarray:

@@ -170,7 +170,8 @@
     const total = t.request != null ? t.request : t.total;
     el.timing.textContent = (total != null ? (total * 1000).toFixed(0) + " ms" : "") +
         (data.beam > 1 ? " · beam " + data.beam : " · greedy") +
-        (data.logprob != null ? " · log p " + data.logprob.toFixed(2) : "");
+        (data.logprob != null ? " · log p " + data.logprob.toFixed(2) : "") +
+        (data.low_confidence ? " · ⚠ low confidence: " + (data.warnings || []).join("; ") : "");
     el.timing.title = Object.entries(t).map(([k, v]) => k + ": " + (v * 1000).toFixed(1) + " ms").join("\n");
 
     baseImage = await loadImage(data.image);
