@@ -174,3 +174,35 @@ def sibling_config(config_file: str, name: str, arg=None) -> ml_collections.Conf
   """`get_config(arg)` of configs/<name>.py, next to `config_file`."""
   path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
   return import_file(path, f"im2latex_configs_{name}").get_config(arg)
+
+
+# Config keys whose value must be positive (`check_config`).
+_POSITIVE = ("optim.lr", "input.batch_size", "input.eval_batch_size",
+             "log_every_steps", "eval_every_steps")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key of a value no run can use.
+
+  Learning rate, batch sizes and logging/evaluation cadences must be
+  positive; `num_train_steps` is -1 (use `num_epochs`) or positive, and so is
+  `num_epochs` when it decides the length.
+  """
+  def get(key):
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    return node
+
+  for key in _POSITIVE:
+    v = get(key)
+    if v is None or not v > 0:
+      raise ValueError(f"config.{key}={v!r} must be positive; set "
+                       f"--config.{key} to a value > 0")
+  steps = config.num_train_steps
+  if not (steps == -1 or steps > 0):
+    raise ValueError(f"config.num_train_steps={steps!r} must be -1 (train for "
+                     "config.num_epochs) or positive")
+  if steps == -1 and not config.num_epochs > 0:
+    raise ValueError(f"config.num_epochs={config.num_epochs!r} must be positive "
+                     "when config.num_train_steps is -1")

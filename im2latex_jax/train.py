@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from im2latex_jax import checkpointing
+from im2latex_jax import defaults
 from im2latex_jax import models
 from im2latex_jax import optim
 from im2latex_jax import sharding
@@ -218,6 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     steps_per_epoch: with train_iter, for epoch-based lengths.
   """
   workdir = os.path.abspath(workdir)
+  defaults.check_config(config)  # before anything is written
   # ------------------------------------------------------------------ mesh
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.input.batch_size, mesh)

@@ -106,3 +106,33 @@ def test_cli_help(capsys):
   out = capsys.readouterr().out
   for cmd in ("train", "evaluate", "predict", "serve", "render", "sweep"):
     assert f"im2latex-jax {cmd}" in out
+
+
+@pytest.mark.parametrize("override,key", [
+    ("--config.optim.lr=-1", "optim.lr"),
+    ("--config.optim.lr=0", "optim.lr"),
+    ("--config.input.batch_size=0", "input.batch_size"),
+    ("--config.num_train_steps=0", "num_train_steps"),
+    ("--config.eval_every_steps=-5", "eval_every_steps"),
+])
+def test_unusable_values_are_refused_with_their_key(tmp_path, override, key):
+  from im2latex_jax import defaults  # pylint: disable=g-import-not-at-top
+  c = _load("quickstart").get_config()
+  with c.unlocked():
+    name, value = override[len("--config."):].split("=")
+    node = c
+    *parents, last = name.split(".")
+    for part in parents:
+      node = node[part]
+    node[last] = type(node[last])(value)
+  with pytest.raises(ValueError, match=f"config.{key}="):
+    defaults.check_config(c)
+  defaults.check_config(_load("quickstart").get_config())  # the config as shipped
+
+
+def test_negative_lr_fails_before_anything_is_written(tmp_path):
+  out = _train_cli("--config", str(REPO / "configs" / "quickstart.py"),
+                   "--workdir", str(tmp_path / "w"), "--config.optim.lr=-1")
+  assert out.returncode == 1
+  assert "config.optim.lr=-1.0 must be positive" in out.stderr
+  assert not (tmp_path / "w").exists()

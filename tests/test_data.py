@@ -152,3 +152,18 @@ def test_split_order_is_the_list_order(embedded_data):
   got = [ex["image_name"].decode() for ex in
          data.builder.as_dataset(split="validation[100:]").as_numpy_iterator()]
   assert got == names[100:]
+
+
+def test_formula_file_lines_trailing_newline_and_utf8(tmp_path):
+  from im2latex_jax.data import layout  # pylint: disable=g-import-not-at-top
+  f = tmp_path / "f.lst"
+  f.write_bytes(b"a + b\nx ^ { 2 }\n")
+  assert layout.read_formulas(str(f)) == ["a + b", "x ^ { 2 }"]
+  lst = tmp_path / "l.lst"
+  lst.write_text("i0 0\ni2 2\n")
+  # Index 2 is one past the end: refused, and the message counts 2 lines.
+  with pytest.raises(layout.DataFormatError, match=r"l.lst:2: formula index 2 .* has 2 lines"):
+    layout.read_split_list(str(lst), 2)
+  f.write_bytes(b"a + b\n\\alpha \xe9\n")
+  with pytest.raises(layout.DataFormatError, match=r"f.lst:2: byte 0xe9 is not UTF-8"):
+    layout.read_formulas(str(f))

@@ -37,10 +37,28 @@ class DataFormatError(ValueError):
 
 
 def read_formulas(path: str) -> list[str]:
+  """Formula k is line k of the file (lines end with '\\n'; a final newline
+  ends the last line, it does not start an empty one).
+
+  Raises:
+    DataFormatError: the file is not UTF-8 (the message names the line).
+  """
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise DataFormatError(
+        f"{path}:{line}: byte 0x{data[e.start]:02x} is not UTF-8; the formula "
+        "file must be UTF-8 text (re-download it, or convert it with iconv)"
+    ) from None
   # The official file has a few lines with stray '\r'; im2markup splits on
   # '\n' only, so formula indices count '\n'-terminated lines.
-  with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
-    return [line.rstrip("\n").strip() for line in f.read().split("\n")]
+  lines = text.split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()
+  return [line.strip() for line in lines]
 
 
 def read_split_list(path: str, num_formulas: int) -> list[tuple[str, int]]:

@@ -129,8 +129,6 @@ def main(argv: list[str]) -> int:
   try:
     engines.check_engine(args.engine)
     formulas = layout.read_formulas(args.formulas)
-    if formulas and formulas[-1] == '':
-      formulas.pop()
     if args.split_list:
       indices = []
       for arg in args.split_list:
