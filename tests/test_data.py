@@ -167,3 +167,36 @@ def test_formula_file_lines_trailing_newline_and_utf8(tmp_path):
   f.write_bytes(b"a + b\n\\alpha \xe9\n")
   with pytest.raises(layout.DataFormatError, match=r"f.lst:2: byte 0xe9 is not UTF-8"):
     layout.read_formulas(str(f))
+
+
+def test_truncated_image_archive_names_the_file(tmp_path):
+  import io as io_lib  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.data import layout  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  good = tmp_path / layout.IMAGES_TAR
+  with tarfile.open(good, "w:gz") as tar:
+    for k in range(20):
+      data = rng.bytes(5000)  # incompressible, so the cut falls inside the data
+      info = tarfile.TarInfo(f"{layout.IMAGES_DIR}/{k}.png")
+      info.size = len(data)
+      tar.addfile(info, io_lib.BytesIO(data))
+  assert len(list(layout.iter_images(str(good)))) == 20
+  raw = good.read_bytes()
+  good.write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(layout.DataFormatError, match="truncated or corrupt.*download it"):
+    list(layout.iter_images(str(good)))
+
+
+def test_prepared_data_is_keyed_on_content(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.data import input_pipeline, layout  # pylint: disable=g-import-not-at-top
+  src = tmp_path / "src"
+  layout.write_dataset(str(src), ["a", "b"], "train",
+                       [(0, "a.png", np.zeros((8, 8), np.uint8))])
+  cfg = ml_collections.ConfigDict({"data_dir": None})
+  first = input_pipeline._data_dir(cfg, str(src))  # pylint: disable=protected-access
+  assert input_pipeline._data_dir(cfg, str(src)) == first  # pylint: disable=protected-access
+  # A corrected formula file (same path) is another dataset to prepare.
+  (src / layout.FORMULAS_FILE).write_text("a\nc\n")
+  assert input_pipeline._data_dir(cfg, str(src)) != first  # pylint: disable=protected-access

@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from im2latex_jax.data import buckets as buckets_lib
+from im2latex_jax.data import layout
 from im2latex_jax.data import shards
 from im2latex_jax.data import vocab as vocab_lib
 
@@ -61,14 +62,19 @@ def resolve_manual_dir(manual_dir: str | None) -> str | None:
 
 
 def _data_dir(cfg: ml_collections.ConfigDict, manual: str | None) -> str:
-  """Where TFDS prepares this source; one folder per source dir."""
+  """Where TFDS prepares this source; one folder per source dir content."""
   if cfg.get("data_dir"):
     return os.path.abspath(os.path.expanduser(cfg.data_dir))
   root = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
   if manual is None:
     return root
   import hashlib  # pylint: disable=g-import-not-at-top
-  tag = hashlib.sha1(manual.encode()).hexdigest()[:8]
+  from im2latex_jax.data import im2latex100k  # pylint: disable=g-import-not-at-top
+  # Keyed on the content and the builder version, not only the path: a source
+  # dir whose files were fixed (or replaced) is prepared again.
+  key = "\0".join([manual, layout.source_fingerprint(manual),
+                    str(im2latex100k.Im2latex100k.VERSION)])
+  tag = hashlib.sha1(key.encode()).hexdigest()[:12]
   return os.path.join(root, "im2latex_jax_sources", f"{os.path.basename(manual)}-{tag}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import zlib
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -113,10 +114,16 @@ def iter_images(images_path: str):
       with open(os.path.join(images_path, name), "rb") as f:
         yield name, f.read()
     return
-  with tarfile.open(images_path, "r:gz") as tar:
-    for member in tar:
-      if member.isfile():
-        yield os.path.basename(member.name), tar.extractfile(member).read()
+  try:
+    with tarfile.open(images_path, "r:gz") as tar:
+      for member in tar:
+        if member.isfile():
+          yield os.path.basename(member.name), tar.extractfile(member).read()
+  except (EOFError, tarfile.TarError, zlib.error, OSError) as e:
+    raise DataFormatError(
+        f"{images_path} is truncated or corrupt ({type(e).__name__}: {e}); an "
+        "interrupted download leaves such a file: delete it and download it "
+        f"again from {OFFICIAL_URL}") from None
 
 
 # Written next to the official files by the renderers.
@@ -184,6 +191,29 @@ def read_params(path: str) -> dict[str, dict[str, Any]]:
   with open(p, encoding="utf-8") as f:
     recs = [json.loads(line) for line in f if line.strip()]
   return {r["image"]: r for r in recs}
+
+
+def source_fingerprint(path: str) -> str:
+  """A digest of a data dir's content: the formula and split lists hashed,
+  the images by size and modification time (a changed list, or images
+  replaced, give another digest)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha1()
+  for name in [FORMULAS_FILE] + sorted(SPLIT_FILES.values()):
+    p = os.path.join(path, name)
+    if os.path.exists(p):
+      h.update(name.encode())
+      with open(p, "rb") as f:
+        h.update(hashlib.sha1(f.read()).digest())
+  images = images_path(path)
+  if os.path.isdir(images):
+    with os.scandir(images) as it:
+      stats = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it)
+    h.update(repr(stats).encode())
+  elif os.path.exists(images):
+    st = os.stat(images)
+    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+  return h.hexdigest()
 
 
 def images_path(src: str) -> str:
