@@ -228,9 +228,22 @@ def test_unsupported_format(client):
 
 
 def test_missing_field_and_empty_body(client):
-  resp = client.post("/api/predict", data={"file": (io.BytesIO(b"x"), "a.png")})
-  assert_error(resp, 400, "missing the multipart field 'image'")
+  resp = client.post("/api/predict", data={"upload": (io.BytesIO(b"x"), "a.png")})
+  assert_error(resp, 400, "no file in the multipart fields 'image' or 'file' .got 'upload'")
   assert_error(client.post("/api/predict"), 400, "no image")
+
+
+def test_upload_field_file_and_non_utf8_filename(client):
+  # 'file' is what pix2tex-style clients send.
+  resp = client.post("/api/predict", data={"file": (io.BytesIO(formula_png()), "a.png")})
+  assert resp.status_code == 200, resp.get_data(as_text=True)
+  # A Latin-1 filename: Werkzeug drops the part; the raw body still has it.
+  body = (b'--XX\r\nContent-Disposition: form-data; name="image"; filename="f\xe9.png"'
+          b'\r\nContent-Type: image/png\r\n\r\n' + formula_png() + b'\r\n--XX--\r\n')
+  resp = client.post("/api/predict", data=body,
+                     content_type="multipart/form-data; boundary=XX")
+  assert resp.status_code == 200, resp.get_data(as_text=True)
+  assert resp.get_json()["latex"] == "\\frac { a } { b }"
 
 
 def test_truncated_image(client):
@@ -497,3 +510,31 @@ def test_cli_good_garbage_missing(tmp_path, image_dir):
   assert records[1]["path"] == str(garbage) and "error" in records[1]
   assert records[2]["path"] == str(missing) and "no such file" in records[2]["error"]
   assert len(err) == 2 and str(garbage) in err[0] and str(missing) in err[1]
+
+
+@pytest.mark.parametrize("flag,value,pattern", [
+    ("--port", "99999", "--port 99999 is out of range"),
+    ("--port", "-1", "--port -1 is out of range"),
+    ("--threads", "0", "--threads 0 is out of range"),
+])
+def test_serve_refuses_bad_options_before_loading(stub_loader, capsys, flag, value, pattern):
+  def never(workdir=None):
+    raise AssertionError("the model must not be loaded")
+
+  stub_loader.load_predictor = never
+  assert app_lib.main(["im2latex-jax serve", flag, value]) == 2
+  assert pattern in capsys.readouterr().err
+
+
+def test_serve_port_in_use_is_one_line_before_loading(stub_loader, capsys):
+  import socket  # pylint: disable=g-import-not-at-top
+
+  def never(workdir=None):
+    raise AssertionError("the model must not be loaded")
+
+  stub_loader.load_predictor = never
+  with socket.create_server(("127.0.0.1", 0)) as busy:
+    port = busy.getsockname()[1]
+    assert app_lib.main(["im2latex-jax serve", "--port", str(port)]) == 2
+  err = capsys.readouterr().err
+  assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err

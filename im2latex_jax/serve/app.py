@@ -24,6 +24,9 @@ import importlib
 import logging
 import math
 import queue
+import re
+import socket
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -38,6 +41,9 @@ from im2latex_jax.serve import image_io
 
 PredictorFactory = Callable[[], Any]
 
+# Multipart field names an upload may come in ('file' is what pix2tex-style
+# clients send).
+UPLOAD_FIELDS = ("image", "file")
 # Largest request body, in bytes; Flask answers 413 above it.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Beam sizes the page and API accept; 1 is greedy decoding.
@@ -179,6 +185,8 @@ def create_app(predictor_factory: PredictorFactory,
   def api_predict():
     t0 = time.perf_counter()
     predictor = holder.get()
+    # The raw body is kept before the form is parsed (see _read_upload).
+    flask.request.get_data(cache=True)
     beam = _parse_beam(flask.request)
     image = image_io.decode_image(_read_upload(flask.request))
     t1 = time.perf_counter()
@@ -252,10 +260,19 @@ def _read_upload(request: flask.Request) -> bytes:
   """Returns the uploaded image bytes from a multipart field or the raw body."""
   mimetype = request.mimetype
   if mimetype == "multipart/form-data":
-    upload = request.files.get("image")
-    if upload is None:
-      raise ApiError("missing the multipart field 'image'", 400)
-    return upload.read()
+    # Werkzeug silently drops a part whose filename is not UTF-8; the raw
+    # body (cached by the caller before the form was parsed) still has it.
+    raw = request.get_data(cache=True)
+    for field in UPLOAD_FIELDS:
+      upload = request.files.get(field)
+      if upload is not None:
+        return upload.read()
+    recovered = _raw_multipart_part(raw, request.mimetype_params.get("boundary", ""))
+    if recovered is not None:
+      return recovered
+    got = sorted(set(request.files) | set(request.form))
+    raise ApiError("no file in the multipart fields 'image' or 'file' (got "
+                   f"{', '.join(map(repr, got)) if got else 'no fields'})", 400)
   if mimetype.startswith("image/") or mimetype == "application/octet-stream":
     return request.get_data(cache=False)
   if not mimetype and not request.content_length:
@@ -263,6 +280,22 @@ def _read_upload(request: flask.Request) -> bytes:
                    "bytes as the body with an image/* content type", 400)
   raise ApiError(f"unsupported content type {mimetype or 'none'!r}; send "
                  "multipart/form-data with field 'image', or image/*", 415)
+
+
+def _raw_multipart_part(body: bytes, boundary: str) -> bytes | None:
+  """The content of an 'image' or 'file' part found in a raw multipart body
+  (for the parts the parser dropped), or None."""
+  if not boundary:
+    return None
+  for part in body.split(b"--" + boundary.encode("latin-1")):
+    head, sep, content = part.partition(b"\r\n\r\n")
+    if not sep:
+      continue
+    for field in UPLOAD_FIELDS:
+      if re.search(rb'content-disposition:[^\r\n]*\bname="%s"' % field.encode(),
+                   head, re.IGNORECASE):
+        return content[:-2] if content.endswith(b"\r\n") else content
+  return None
 
 
 def _data_url(png: bytes) -> str:
@@ -324,7 +357,9 @@ def main(argv: list[str]) -> int:
     argv: like sys.argv, the program name first (as im2latex_jax.main passes).
 
   Returns:
-    0 after a clean shutdown, 2 if --workdir cannot be loaded.
+    0 after a clean shutdown; 2 for a bad option, an address that cannot be
+    listened on (checked before the model is loaded) or a --workdir that
+    cannot be loaded.
   """
   parser = argparse.ArgumentParser(
       prog=argv[0] if argv else "im2latex-jax serve",
@@ -341,6 +376,20 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--fake", action="store_true",
                       help="serve a fixed-answer FakePredictor (UI work)")
   args = parser.parse_args(argv[1:])
+  for name, value, low in (("--port", args.port, 0), ("--threads", args.threads, 1),
+                           ("--max-batch", args.max_batch, 1)):
+    if value < low or (name == "--port" and value > 65535):
+      bound = "0..65535 (0: any free port)" if name == "--port" else f">= {low}"
+      print(f"error: {name} {value} is out of range; use {bound}", file=sys.stderr)
+      return 2
+  # Before loading the model (seconds of work): is the address usable?
+  try:
+    with socket.create_server((args.host, args.port)):
+      pass
+  except OSError as e:
+    print(f"error: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+          "choose another --port (or stop what uses it)", file=sys.stderr)
+    return 2
   logging.basicConfig(level=logging.INFO,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -362,8 +411,14 @@ def main(argv: list[str]) -> int:
     if args.workdir:
       print(f"error: cannot load a model from --workdir {args.workdir}: {e}")
       return 2
-  server = make_server(app, args.host, args.port, args.threads)
-  _log.info("serving on http://%s:%s/", args.host, server.effective_port)
+  try:
+    server = make_server(app, args.host, args.port, args.threads)
+  except OSError as e:
+    print(f"error: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+          "choose another --port", file=sys.stderr)
+    return 2
+  # On stdout, whatever logging configuration the libraries set up.
+  print(f"serving on http://{args.host}:{server.effective_port}/", flush=True)
   try:
     server.run()
   except KeyboardInterrupt:
@@ -374,5 +429,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  import sys  # pylint: disable=g-import-not-at-top
   sys.exit(main(sys.argv))
