@@ -185,12 +185,12 @@ def make_teacher_forced_fn(model):
 
 
 def make_predict_fn(model, *, beam_size: int, max_len: int,
-                    length_penalty: float = 0.0):
+                    length_penalty: float = 0.0, loop_span: int = LOOP_SPAN):
   """jit(fn)(variables, images, image_hw) -> tokens, logprobs, lengths,
   token_logprobs [B, L], attention [B, L, N], feature_hw [B, 2]."""
   if beam_size == 1:
     return inference.make_decode_fn(model, beam_size=1, max_len=max_len,
-                                    collect_attention=True, loop_span=LOOP_SPAN)
+                                    collect_attention=True, loop_span=loop_span)
   search = inference.make_decode_fn(model, beam_size=beam_size, max_len=max_len,
                                     length_penalty=length_penalty)
   forced = make_teacher_forced_fn(model)
@@ -218,7 +218,8 @@ class Predictor:
 
   def __init__(self, loaded: inference.LoadedModel,
                batch_sizes: tuple[int, ...] = BATCH_SIZES,
-               scale_rounds: tuple[tuple[float, ...], ...] | None = None):
+               scale_rounds: tuple[tuple[float, ...], ...] | None = None,
+               loop_span: int = LOOP_SPAN):
     self._loaded = loaded
     self.model_id = loaded.model_id
     self.vocab = loaded.vocab
@@ -231,6 +232,9 @@ class Predictor:
     # () reads each image once, at preprocess.estimate_scale.
     self.scale_rounds = (preprocess.SCALE_ROUNDS if scale_rounds is None
                          else tuple(tuple(r) for r in scale_rounds))
+    # Greedy decoding stops a loop this long (0: never; benchmarks that need
+    # a fixed decoded length).
+    self.loop_span = int(loop_span)
     if not self.batch_sizes or self.batch_sizes[0] < 1:
       raise ValueError(f"batch_sizes {batch_sizes} must be positive integers")
     # One lock for the caches and the device: jitted calls of one model run
@@ -254,7 +258,7 @@ class Predictor:
       if fn is None:
         fn = self._fns[beam] = make_predict_fn(
             self._loaded.model, beam_size=beam, max_len=self.max_len,
-            length_penalty=self.length_penalty)
+            length_penalty=self.length_penalty, loop_span=self.loop_span)
       h, w = bucket
       exe = fn.lower(self._loaded.variables,
                      jax.ShapeDtypeStruct((batch, h, w, 1), jnp.uint8),
