@@ -298,7 +298,12 @@ class Predictor:
     Args:
       scales: per image, a known rescale factor to use instead (None entries:
         search), as `preprocess.normalize` takes.
+
+    Raises:
+      ValueError: beam_size < 1.
     """
+    if int(beam_size) < 1:
+      raise ValueError(f"beam_size {beam_size} must be at least 1 (1 is greedy)")
     out: list[Prediction | preprocess.ImageError | None] = [None] * len(images)
     crops: dict[int, preprocess.Crop] = {}
     crop_seconds: dict[int, float] = {}
@@ -328,7 +333,7 @@ class Predictor:
         jobs.append((i, (g, sc, time.perf_counter() - t + crop_seconds[i])))
       return jobs, error
 
-    # Search: short greedy readings, round by round.
+    # Search: greedy readings at the candidate scales, round by round.
     best: dict[int, tuple[float, Prediction, tuple]] = {}
     errors: dict[int, preprocess.ImageError] = {}
     tried: dict[int, list[float]] = {}
@@ -386,8 +391,6 @@ class Predictor:
         tiny, too large); no prediction is made for any image.
       ValueError: beam_size < 1.
     """
-    if int(beam_size) < 1:
-      raise ValueError(f"beam_size {beam_size} must be at least 1 (1 is greedy)")
     preds = self.predict_each(images, beam_size)
     for p in preds:
       if isinstance(p, Exception):
