@@ -143,9 +143,51 @@ def make_batch(batch=32, h=50, w=200, tokens=102, vocab=500, seed=0):
   return images, toks
 
 
+def make_steps(images: np.ndarray, tokens: np.ndarray, vocab_size: int, *,
+               threads: int | None = None, model_kwargs: dict | None = None,
+               bf16: bool = False, max_len: int | None = None, seed: int = 0):
+  """(train_step, greedy): callables that run one train step (fwd+bwd+clip+SGD;
+  returns the loss) and one greedy decode of the batch, for interleaved timing.
+
+  bf16: the forward and loss under `torch.autocast('cpu', torch.bfloat16)`,
+  the mixed precision a PyTorch user turns on (oneDNN's bf16 kernels; AMX
+  where the CPU has it); parameters and the SGD update stay fp32.
+  """
+  threads = threads or len(os.sched_getaffinity(0))
+  torch.set_num_threads(threads)
+  torch.manual_seed(seed)
+  model = Im2Markup(vocab_size, **(model_kwargs or {}))
+  opt = torch.optim.SGD(model.parameters(), lr=0.1)
+  x = torch.from_numpy(np.asarray(images).reshape(images.shape[:3]).copy())
+  t = torch.from_numpy(np.asarray(tokens).astype(np.int64))
+  max_len = max_len or tokens.shape[1]
+
+  def autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+  def train_step():
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    with autocast():
+      loss = loss_fn(model(x, t[:, :-1]).float(), t[:, 1:])
+    loss.backward()
+    for p in model.parameters():      # im2markup: per-tensor norm clip 5
+      torch.nn.utils.clip_grad_norm_([p], 5.0)
+    opt.step()
+    return float(loss.detach())
+
+  def greedy():
+    model.eval()
+    with autocast():
+      return model.greedy(x, max_len)
+
+  return train_step, greedy, model
+
+
 def benchmark(images: np.ndarray, tokens: np.ndarray, vocab_size: int, *, steps: int = 5,
               warmup: int = 2, threads: int | None = None, max_len: int | None = None,
-              model_kwargs: dict | None = None, decode_reps: int = 3) -> dict:
+              model_kwargs: dict | None = None, decode_reps: int = 3,
+              bf16: bool = False) -> dict:
   """Times a train step (fwd+bwd+clip+SGD) and greedy decoding on one batch.
 
   Args:
@@ -154,41 +196,27 @@ def benchmark(images: np.ndarray, tokens: np.ndarray, vocab_size: int, *, steps:
     vocab_size: V.
     steps, warmup: timed and untimed train steps; the median is reported.
     threads: torch.set_num_threads (default: the cores this process may use).
+    bf16: autocast to bfloat16 (see make_steps).
   """
   threads = threads or len(os.sched_getaffinity(0))
-  torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  model = Im2Markup(vocab_size, **(model_kwargs or {}))
-  opt = torch.optim.SGD(model.parameters(), lr=0.1)
-  x = torch.from_numpy(np.asarray(images).reshape(images.shape[:3]).copy())
-  t = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-  model.train()
-
-  def train_step():
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x, t[:, :-1]), t[:, 1:])
-    loss.backward()
-    for p in model.parameters():      # im2markup: per-tensor norm clip 5
-      torch.nn.utils.clip_grad_norm_([p], 5.0)
-    opt.step()
-    return float(loss.detach())
-
+  train_step, greedy, model = make_steps(images, tokens, vocab_size, threads=threads,
+                                         model_kwargs=model_kwargs, bf16=bf16,
+                                         max_len=max_len)
   losses, times = [], []
   for i in range(warmup + steps):
     t0 = time.perf_counter()
     losses.append(train_step())
     if i >= warmup:
       times.append(time.perf_counter() - t0)
-  model.eval()
   max_len = max_len or tokens.shape[1]
-  model.greedy(x, max_len)  # warm-up
+  greedy()  # warm-up
   dec = []
   for _ in range(decode_reps):
     t0 = time.perf_counter()
-    model.greedy(x, max_len)
+    greedy()
     dec.append(time.perf_counter() - t0)
   step_s = statistics.median(times)
-  return {"torch_version": torch.__version__, "threads": threads,
+  return {"torch_version": torch.__version__, "threads": threads, "bf16": bf16,
           "params": int(sum(p.numel() for p in model.parameters())),
           "train_step_s": step_s, "train_samples_per_s": images.shape[0] / step_s,
           "train_step_times_s": times, "first_loss": losses[0],
@@ -204,11 +232,12 @@ def main():
   p.add_argument("--vocab", type=int, default=500)
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--threads", type=int, default=None)
+  p.add_argument("--bf16", action="store_true", help="torch.autocast to bfloat16")
   a = p.parse_args()
   h, w = (int(v) for v in a.hw.split("x"))
   images, tokens = make_batch(a.batch, h, w, a.tokens, a.vocab)
-  print(json.dumps(benchmark(images, tokens, a.vocab, steps=a.steps, threads=a.threads),
-                   indent=1))
+  print(json.dumps(benchmark(images, tokens, a.vocab, steps=a.steps, threads=a.threads,
+                             bf16=a.bf16), indent=1))
 
 
 if __name__ == "__main__":

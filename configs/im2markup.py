@@ -49,5 +49,4 @@ def get_config(arg=None):
 
   c.num_epochs = 15
   c.eval_every_steps = 2000
-  c.evals.beam_size = 5
   return c

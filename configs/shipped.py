@@ -57,5 +57,4 @@ def get_config(arg=None):
   c.num_train_steps = 40_000
   c.log_every_steps = 100
   c.eval_every_steps = 1000
-  c.evals.beam_size = 5
   return c

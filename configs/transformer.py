@@ -53,5 +53,4 @@ def get_config(arg=None):
   c.evals.decode_every_steps = 2000
   c.evals.decode_max_examples = 1000
   c.evals.max_decode_len = 152
-  c.evals.beam_size = 5
   return c

@@ -13,8 +13,12 @@ Prints and writes one JSON object:
 - `cnn`: the CNN alone, forward + backward on the main key: FLOPs, time and
   fraction of peak (the part that should run near peak);
 - `shapes`: distinct step shapes in one epoch of the key schedule;
-- `torch`: the PyTorch twin (benchmarks/torch_reference.py) on the same main
-  batch, and the JAX/PyTorch speed ratios for the train step and greedy decode;
+- `torch`: the PyTorch twin (benchmarks/torch_reference.py, fp32 and bf16
+  autocast) on the same main batch, timed *interleaved* with the JAX step
+  (`--rounds` rounds, each side once per round): per-round speed ratios
+  (median, min-max), load before/after and the CPU share other processes
+  took meanwhile; the ratio is marked unreliable (no headline) when the
+  machine was not idle enough (MAX_FOREIGN_SHARE, load > cores / 2);
 - `decoding`: single-image latency p50/p95 (greedy, beam 5) and batched
   images/s (benchmarks/latency.py when present, else measured here);
 - `input`: images/s of the TF-free loader and of tf.data (when installed).
@@ -91,13 +95,73 @@ def measure_peak(dtype, n: int | None = None, reps: int = 7) -> dict[str, float]
           "median_flops_per_s": 2.0 * n ** 3 * k / statistics.median(times)}
 
 
+# CPU features that decide what reduced precision can buy (lscpu's names).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict[str, Any]:
+  """CPU model and the CPU_FLAGS it has (from /proc/cpuinfo; {} elsewhere)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      text = f.read()
+  except OSError:
+    return {}
+  model, flags = platform.processor() or platform.machine(), set()
+  for line in text.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() == "model name":
+      model = value.strip()
+    elif key.strip() == "flags":
+      flags = set(value.split())
+  return {"cpu_model": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+
+
 def machine() -> dict[str, Any]:
   d = jax.devices()[0]
   return {"backend": jax.default_backend(), "device": getattr(d, "device_kind", str(d)),
           "device_count": jax.device_count(),
           "cpu_cores": len(os.sched_getaffinity(0)), "processor": platform.processor()
-          or platform.machine(), "jax": jax.__version__,
+          or platform.machine(), **cpu_info(), "jax": jax.__version__,
           "loadavg": list(os.getloadavg()), "python": platform.python_version()}
+
+
+def _cpu_ticks() -> tuple[float, float] | None:
+  """(busy, total) seconds of all CPUs since boot (/proc/stat), or None."""
+  try:
+    with open("/proc/stat", encoding="utf-8") as f:
+      fields = [float(v) for v in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  hz = os.sysconf("SC_CLK_TCK")
+  idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+  return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
+class ForeignLoad:
+  """How busy the machine was with *other* processes while a block ran.
+
+  Load averages count this process too (a 2-thread benchmark is load ~2 by
+  itself), so the fair question is how much CPU others took: all CPUs' busy
+  time minus this process's CPU time, as a share of the cores x wall time.
+  """
+
+  def __enter__(self):
+    self._t, self._ticks, self._own = time.perf_counter(), _cpu_ticks(), time.process_time()
+    self.load_before = os.getloadavg()[0]
+    return self
+
+  def __exit__(self, *exc):
+    wall = time.perf_counter() - self._t
+    own = time.process_time() - self._own
+    ticks = _cpu_ticks()
+    self.load_after = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if self._ticks is None or ticks is None or wall <= 0:
+      self.share = None
+    else:
+      busy = ticks[0] - self._ticks[0]
+      self.share = max(busy - own, 0.0) / (cores * wall)
+    return False
 
 
 # ------------------------------------------------------------------- data
@@ -198,7 +262,7 @@ def bench_train(config, by_key, vocab_size, steps: int, peak: float, main_key) -
   out["main_key"] = "%dx%d/T%d" % main_key
   out.update({f"main_{k}": v for k, v in out["keys"]["%dx%d/T%d" % main_key].items()
               if k != "step_times_s"})
-  return out, model, state
+  return out, model, state, step
 
 
 def bench_cnn(config, batch, steps: int, peak: float) -> dict:
@@ -322,7 +386,7 @@ def bench_input(config, n_batches: int, with_tfdata: bool) -> dict:
 # ------------------------------------------------------------------- main
 def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
         decode_reps: int = 5, skip_decode: bool = False, with_tfdata: bool = True,
-        input_batches: int = 50) -> dict:
+        input_batches: int = 50, rounds: int = 7) -> dict:
   """Runs every measurement; returns the JSON-able result."""
   from im2latex_jax.data import shards  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
@@ -343,7 +407,7 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
     by_key = {main_key: by_key[main_key]}
   result["shapes"] = shards.shapes_per_epoch(key_grid, counts, config.input.batch_size,
                                              config.seed, jax.process_count())
-  train_r, model, state = bench_train(config, by_key, vocab_size, steps, peak, main_key)
+  train_r, model, state, step = bench_train(config, by_key, vocab_size, steps, peak, main_key)
   result["train"] = train_r
   result["cnn"] = bench_cnn(config, by_key[main_key], steps, peak)
   result["cnn"]["share_of_step"] = result["cnn"]["fwd_bwd"]["s"] / train_r["main_step_s"]
@@ -359,35 +423,136 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
         result["decoding"]["latency_py"] = f"failed: {e!r}"
 
   if not skip_torch:
-    result["torch"] = bench_torch(config, by_key[main_key], vocab_size, steps, result)
+    result["torch"] = bench_versus_torch(config, by_key[main_key], vocab_size, rounds,
+                                         step, state, model)
   result["input"] = bench_input(config, input_batches, with_tfdata)
   result["machine"]["loadavg_end"] = list(os.getloadavg())
   result["wall_s"] = time.perf_counter() - t_start
   return result
 
 
-def bench_torch(config, batch, vocab_size, steps, result) -> dict | str:
+# A ratio is printed as the headline only if, during its run, other processes
+# took at most this share of the cores (ForeignLoad) and the 1-minute load
+# average before it was at most half the cores.
+MAX_FOREIGN_SHARE = 0.25
+MIN_ROUNDS = 5
+
+
+def unreliable_because(rounds: int, load_before: float, foreign_share: float | None,
+                       cores: int) -> list[str]:
+  """Why a speed ratio measured so must not be a headline ([] if it may)."""
+  problems = []
+  if rounds < MIN_ROUNDS:
+    problems.append(f"only {rounds} rounds (at least {MIN_ROUNDS} for a headline)")
+  if load_before > cores / 2:
+    problems.append(f"load average {load_before:.2f} before the run on {cores} cores")
+  if foreign_share is not None and foreign_share > MAX_FOREIGN_SHARE:
+    problems.append(f"other processes took {100 * foreign_share:.0f}% of the CPUs during it")
+  return problems
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+  return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, model) -> dict | str:
+  """JAX vs its PyTorch twin (fp32, and bf16 autocast), timed interleaved.
+
+  Each round runs one train step of every side in turn (JAX, PyTorch fp32,
+  PyTorch bf16), then one batched greedy decode of JAX and PyTorch fp32, so
+  a change of load hits all sides alike; the ratios are per round (PyTorch
+  time / JAX time: > 1 means JAX is faster), reported as median and min-max.
+  """
   try:
     ref = defaults.import_file(os.path.join(REPO, "benchmarks", "torch_reference.py"))
   except ImportError as e:
     return f"skipped: {e}"
+  from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
   m = config.model
-  r = ref.benchmark(batch["image"], batch["tokens"], vocab_size, steps=steps,
-                    max_len=int(config.evals.max_decode_len), decode_reps=max(steps // 2, 1),
-                    model_kwargs=dict(cnn_features=tuple(m.cnn_features),
-                                      encoder_hidden=m.encoder_hidden, max_rows=m.max_rows,
-                                      decoder_hidden=m.decoder_hidden, embed_dim=m.embed_dim))
-  r["jax_over_torch_train_speed"] = r["train_step_s"] / result["train"]["main_step_s"]
-  dec = result.get("decoding", {}).get("batch32_greedy_s")
-  if dec:
-    r["jax_over_torch_greedy_speed"] = r["greedy_batch_s"] / dec
-  return r
+  max_len = int(config.evals.max_decode_len)
+  kwargs = dict(cnn_features=tuple(m.cnn_features), encoder_hidden=m.encoder_hidden,
+                max_rows=m.max_rows, decoder_hidden=m.decoder_hidden, embed_dim=m.embed_dim)
+  torch_fp32, torch_greedy, tmodel = ref.make_steps(batch["image"], batch["tokens"], vocab_size,
+                                                    model_kwargs=kwargs, max_len=max_len)
+  torch_bf16, _, _ = ref.make_steps(batch["image"], batch["tokens"], vocab_size,
+                                    model_kwargs=kwargs, bf16=True, max_len=max_len)
+  dev = jax.device_put(batch)
+  holder = {"state": state}
+
+  def jax_step():
+    holder["state"], metrics = step(holder["state"], dev)
+    jax.device_get(metrics)
+
+  decode = inference.make_decode_fn(model, beam_size=1, max_len=max_len)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  # The JAX state is donated by each step: decode with a copy of the params.
+  variables = jax.tree.map(jnp.array, variables)
+
+  def jax_greedy():
+    jax.block_until_ready(decode(variables, dev["image"], dev["image_hw"]))
+
+  jax_name = f"jax_{'bf16' if m.dtype == 'bfloat16' else 'fp32'}"
+  train_sides = {jax_name: jax_step, "torch_fp32": torch_fp32, "torch_bf16_autocast": torch_bf16}
+  greedy_sides = {jax_name: jax_greedy, "torch_fp32": torch_greedy}
+  for fn in (*train_sides.values(), *greedy_sides.values()):  # warm-up (and compile)
+    fn()
+  times = {"train": {k: [] for k in train_sides}, "greedy": {k: [] for k in greedy_sides}}
+  with ForeignLoad() as load:
+    for _ in range(rounds):
+      for kind, sides in (("train", train_sides), ("greedy", greedy_sides)):
+        for name, fn in sides.items():
+          t = time.perf_counter()
+          fn()
+          times[kind][name].append(time.perf_counter() - t)
+  problems = unreliable_because(rounds, load.load_before, load.share,
+                                len(os.sched_getaffinity(0)))
+  ratios = {}
+  for kind in times:
+    j = times[kind][jax_name]
+    for name, ts in times[kind].items():
+      if name != jax_name:
+        ratios[f"{kind}_vs_{name}"] = _spread([t / jt for t, jt in zip(ts, j)])
+  return {
+      "torch_version": ref.torch.__version__, "threads": ref.torch.get_num_threads(),
+      "params": int(sum(p.numel() for p in tmodel.parameters())), "rounds": rounds,
+      "order": "per round: train " + ", ".join(train_sides) + "; greedy " + ", ".join(greedy_sides),
+      "median_s": {kind: {k: statistics.median(v) for k, v in d.items()}
+                   for kind, d in times.items()},
+      "times_s": times,
+      # JAX speed relative to each PyTorch side (PyTorch time / JAX time).
+      "jax_speed": ratios,
+      "load_before": load.load_before, "load_after": load.load_after,
+      "foreign_cpu_share": load.share, "reliable": not problems,
+      "unreliable_because": problems,
+  }
+
+
+def _torch_summary(tr: dict, mach: dict) -> list[str]:
+  med = tr["median_s"]
+  lines = ["interleaved, %d rounds (median step): " % tr["rounds"] + ", ".join(
+      f"{k} {v * 1000:.0f} ms" for k, v in med["train"].items()) + " | greedy batch: " +
+      ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in med["greedy"].items())]
+  share = tr["foreign_cpu_share"]
+  lines.append(f"load {tr['load_before']:.2f} before, {tr['load_after']:.2f} after "
+               f"(this run's own threads count); other processes' CPU share during it: "
+               + ("n/a" if share is None else f"{100 * share:.0f}%"))
+  speeds = ", ".join(f"{k.replace('_vs_', ' vs ')} {v['median']:.2f}x "
+                     f"({v['min']:.2f}-{v['max']:.2f})" for k, v in tr["jax_speed"].items())
+  if tr["reliable"]:
+    lines.append(f"JAX speed (PyTorch time / JAX time, median and min-max of rounds) on "
+                 f"{mach.get('cpu_model', '?')}: {speeds}")
+  else:
+    lines.append("UNRELIABLE, no headline ratio (" + "; ".join(tr["unreliable_because"]) +
+                 f"); rerun on an idle machine. Raw: {speeds}")
+  return lines
 
 
 def _summary(r: dict) -> str:
   t = r["train"]
-  lines = [f"machine: {r['machine']['backend']} {r['machine']['device']} "
-           f"({r['machine']['cpu_cores']} cores), load {r['machine']['loadavg'][0]:.2f}",
+  mach = r["machine"]
+  lines = [f"machine: {mach['backend']} {mach['device']} {mach.get('cpu_model', '')} "
+           f"[{' '.join(mach.get('cpu_flags', []))}] ({mach['cpu_cores']} cores), "
+           f"load {mach['loadavg'][0]:.2f}",
            f"peak ({r['peak']['used']}): {r['peak'][r['peak']['used']]['flops_per_s'] / 1e9:.1f} "
            "GFLOP/s"]
   for k, v in t["keys"].items():
@@ -401,10 +566,7 @@ def _summary(r: dict) -> str:
                f"{100 * c['frac_of_peak']:.1f}% of peak ({100 * r['cnn']['share_of_step']:.0f}% "
                "of the step)")
   if isinstance(r.get("torch"), dict):
-    tr = r["torch"]
-    lines.append(f"torch: {tr['train_step_s'] * 1000:.1f} ms/step; JAX/PyTorch speed "
-                 f"{tr['jax_over_torch_train_speed']:.2f}x train, "
-                 f"{tr.get('jax_over_torch_greedy_speed', float('nan')):.2f}x greedy")
+    lines.extend(_torch_summary(r["torch"], r["machine"]))
   if "decoding" in r:
     d = r["decoding"]
     lines.append(f"decode: greedy p50 {d['single_greedy']['p50_ms']:.1f} ms, beam5 p50 "
@@ -432,10 +594,15 @@ def main(argv: list[str]) -> int:
   flags.DEFINE_enum("keys", "all", ["all", "main"], "Time every key or the main one.",
                     flag_values=fv)
   flags.DEFINE_integer("decode_reps", 5, "Timed decoding calls.", flag_values=fv)
+  flags.DEFINE_integer("rounds", 7, "Interleaved JAX/PyTorch rounds (at least 5 for "
+                       "a headline ratio).", flag_values=fv)
   fv(argv)
+  if fv.rounds < 1:
+    sys.stderr.write(f"error: --rounds {fv.rounds} must be at least 1\n")
+    return 2
   r = run(fv.config, steps=fv.steps, skip_torch=fv.skip_torch, keys=fv.keys,
           decode_reps=fv.decode_reps, skip_decode=fv.skip_decode,
-          with_tfdata=not fv.skip_tfdata)
+          with_tfdata=not fv.skip_tfdata, rounds=fv.rounds)
   print(_summary(r))
   text = json.dumps(r, indent=1, default=float)
   if fv.out:

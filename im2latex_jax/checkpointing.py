@@ -12,6 +12,7 @@ go back in time (shared/DESIGN.md).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -21,6 +22,8 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from im2latex_jax import optim
 
 CKPT_DIR = "checkpoints"
+# An exported model dir (`im2latex-jax export-model`): these + config.json + vocab.txt.
+EXPORTED_PARAMS = "params.msgpack"
 
 
 def _metric_fn(metric: str):
@@ -74,3 +77,55 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def read_exported(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """({'params', 'batch_stats'} as stored, meta) of an exported model dir."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(path, EXPORTED_PARAMS), "rb") as f:
+    raw = flax.serialization.msgpack_restore(f.read())
+  meta = raw.pop("meta", {})
+  return {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}, meta
+
+
+def read_variables(path: str) -> tuple[dict[str, Any], int]:
+  """({'params', 'batch_stats'}, step) of a model, with no optimizer state.
+
+  `path` is an exported model dir or a training workdir (its best checkpoint
+  by the run's own plateau metric, else its latest). The trees are as stored:
+  whatever optimizer the source run used is not needed to read them.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(os.path.join(path, EXPORTED_PARAMS)):
+    variables, meta = read_exported(path)
+    return variables, int(meta.get("step", 0))
+  if not os.path.isdir(os.path.join(path, CKPT_DIR)):
+    raise FileNotFoundError(
+        f"{path} is neither an exported model dir ({EXPORTED_PARAMS}) nor a training "
+        f"workdir ({CKPT_DIR}/): give `im2latex-jax export-model` output or a workdir.")
+  metric = "loss"
+  config_path = os.path.join(path, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      metric = json.load(f).get("optim", {}).get("plateau", {}).get("metric", "loss")
+  mngr = make_manager(path, metric, read_only=True)
+  if not mngr.all_steps():
+    raise FileNotFoundError(f"{path}/{CKPT_DIR} holds no checkpoint yet.")
+  step = best_step(mngr, metric) or mngr.latest_step()
+  return restore_variables(mngr, step), int(step)
+
+
+def restore_variables(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """{'params', 'batch_stats'} of a checkpoint, as stored: no optimizer or
+  plateau state is built or needed (prediction, fine-tuning)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  # Shapes and dtypes from the checkpoint's own metadata, placed on this
+  # process's first device: the saving run's mesh need not exist here.
+  md = ocp.StandardCheckpointer().metadata(os.path.join(str(mngr.directory), str(step), "state"))
+  tree = getattr(md, "item_metadata", md)
+  tree = getattr(tree, "tree", tree)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  state = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))["state"]
+  return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}

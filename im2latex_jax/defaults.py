@@ -144,8 +144,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.decode_every_steps = 0
   c.evals.decode_max_examples = 200
   c.evals.max_decode_len = 152
-  c.evals.beam_size = 5
   c.evals.length_penalty = 0.0
+
+  # Fine-tuning: start from the parameters (and batch statistics) of this
+  # model, an exported model dir or a training workdir (its best checkpoint),
+  # with a fresh optimizer. The run then uses that model's vocabulary (formula
+  # tokens it lacks become <unk>); config.model must describe the same network.
+  # Ignored once the run's workdir has a checkpoint of its own (resume wins).
+  c.init_from = placeholder(str)
 
   c.ckpt = ml_collections.ConfigDict()
   # Also keep the best checkpoint by config.optim.plateau.metric.

@@ -20,7 +20,7 @@ import numpy as np
 
 from im2latex_jax import checkpointing
 from im2latex_jax import decode
-from im2latex_jax import train
+from im2latex_jax import models
 from im2latex_jax.data import vocab as vocab_lib
 
 
@@ -48,7 +48,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-EXPORTED_PARAMS = "params.msgpack"
+EXPORTED_PARAMS = checkpointing.EXPORTED_PARAMS
 
 
 def load_model(workdir: str, step: int | str = "best") -> LoadedModel:
@@ -80,13 +80,8 @@ def load_model(workdir: str, step: int | str = "best") -> LoadedModel:
     raise WorkdirError(f"No checkpoint at step {step} in {workdir}; kept steps: {sorted(steps)}.")
   step = int(step)
 
-  model, tx, plateau = train.build_model_and_optimizer(config, len(vocab))
-  init = train.make_init_fn(model, tx, plateau, config, (32, 128))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          jax.eval_shape(init, jax.random.key(0)))
-  state, _ = checkpointing.restore(mngr, step, abstract)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  model, abstract = _abstract_variables(config, len(vocab))
+  variables = _cast_onto(abstract, checkpointing.restore_variables(mngr, step))
   model_id = f"{os.path.basename(workdir)}@{step}"
   return LoadedModel(model, variables, vocab, config, step, model_id)
 
@@ -143,21 +138,23 @@ def ids_to_strings(vocab: vocab_lib.Vocab, tokens: np.ndarray) -> list[str]:
 
 
 def _abstract_variables(config, vocab_size):
-  model, tx, plateau = train.build_model_and_optimizer(config, vocab_size)
-  init = train.make_init_fn(model, tx, plateau, config, (32, 128))
-  state = jax.eval_shape(init, jax.random.key(0))
-  return model, {"params": state.params, "batch_stats": state.batch_stats}
+  """(model, its {'params', 'batch_stats'} as ShapeDtypeStructs): config ->
+  model -> variable shapes; no optimizer, no trainer."""
+  model = models.get_model(config.model, vocab_size)
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+  return model, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def _cast_onto(abstract, stored):
+  """`stored` arrays with the structure and dtypes of `abstract`."""
+  return jax.tree.map(lambda a, x: jnp.asarray(x, a.dtype), abstract, stored)
 
 
 def _load_exported(path: str, config, vocab) -> LoadedModel:
-  import flax.serialization  # pylint: disable=g-import-not-at-top
   model, abstract = _abstract_variables(config, len(vocab))
-  with open(os.path.join(path, EXPORTED_PARAMS), "rb") as f:
-    raw = flax.serialization.msgpack_restore(f.read())
-  meta = raw.pop("meta", {})
+  stored, meta = checkpointing.read_exported(path)
   # Stored in bfloat16 to keep the shipped file small; computed in float32.
-  variables = jax.tree.map(lambda a, x: jnp.asarray(x, a.dtype), abstract,
-                           {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})})
+  variables = _cast_onto(abstract, stored)
   step = int(meta.get("step", 0))
   return LoadedModel(model, variables, vocab, config, step,
                      str(meta.get("model_id", f"{os.path.basename(path)}@{step}")))

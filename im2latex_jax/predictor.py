@@ -79,6 +79,9 @@ class Prediction:
       estimate of dataset glyph size / input glyph size).
     looped: the decoding ran into a repetition loop, which was cut
       (`trim_loop`): a low-confidence reading.
+    readings: with the glyph-size search, every greedy reading it made of
+      this image ({'round', 'scale', 'score', 'latex'}; score is the mean
+      token log-probability that picked the winner), for analysis.
   """
   latex: str
   tokens: list[str]
@@ -89,6 +92,7 @@ class Prediction:
   timings: dict[str, float]
   scale: float | None = None
   looped: bool = False
+  readings: list[dict] | None = None
 
 
 def plan_batches(n: int, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> list[tuple[int, int]]:
@@ -278,6 +282,17 @@ class Predictor:
     """uint8 [H, W] on one of the model's buckets; raises preprocess.ImageError."""
     return preprocess.normalize_image(image, buckets=self.buckets)
 
+  def prepare(self, image) -> preprocess.Crop:
+    """The per-image work that needs no model (grayscale, frame trim,
+    inversion, crop; large inputs reduced first): run it where it does not
+    hold up other images (the server's request threads), then pass the Crop
+    to `predict_each` in place of the image.
+
+    Raises:
+      preprocess.ImageError: the image is blank, tiny or not a formula.
+    """
+    return preprocess.crop_formula(image)
+
   def predict_each(self, images: list, beam_size: int = 1,
                    scales: list[float | None] | None = None
                    ) -> list[Prediction | preprocess.ImageError]:
@@ -296,6 +311,8 @@ class Predictor:
     `preprocess.estimate_scale`.
 
     Args:
+      images: arrays or PIL images (see `preprocess.to_grayscale`), or the
+        Crops `prepare` made of them.
       scales: per image, a known rescale factor to use instead (None entries:
         search), as `preprocess.normalize` takes.
 
@@ -311,12 +328,13 @@ class Predictor:
     for i, image in enumerate(images):
       t = time.perf_counter()
       try:
-        crops[i] = preprocess.crop_formula(image)
+        crops[i] = (image if isinstance(image, preprocess.Crop)
+                    else preprocess.crop_formula(image))
       except preprocess.ImageError as e:
         out[i] = e
         continue
       if scales is not None and scales[i] is not None:
-        known[i] = float(scales[i])
+        known[i] = float(scales[i]) * crops[i].reduction
       elif not self.scale_rounds:
         known[i] = preprocess.estimate_scale(crops[i])
       crop_seconds[i] = time.perf_counter() - t
@@ -337,6 +355,7 @@ class Predictor:
     best: dict[int, tuple[float, Prediction, tuple]] = {}
     errors: dict[int, preprocess.ImageError] = {}
     tried: dict[int, list[float]] = {}
+    readings: dict[int, list[dict]] = {}
     pending = {i: preprocess.scale_candidates(crops[i], self.scale_rounds[0])
                for i in crops if i not in known} if self.scale_rounds else {}
     for rnd in range(len(self.scale_rounds)):
@@ -350,6 +369,8 @@ class Predictor:
       preds = self.predict_normalized([j for _, j in jobs], 1)
       for (i, job), p in zip(jobs, preds):
         score = p.logprob / (len(p.tokens) + 1)
+        readings.setdefault(i, []).append(
+            {"round": rnd, "scale": job[1], "score": score, "latex": p.latex})
         if i not in best or score > best[i][0]:
           best[i] = (score, p, job)
       if rnd + 1 < len(self.scale_rounds):
@@ -373,6 +394,13 @@ class Predictor:
     for i in crops:
       if out[i] is None:
         out[i] = errors[i]
+      else:
+        if i in readings:
+          out[i].readings = readings[i]
+        if crops[i].reduction != 1 and out[i].scale is not None:
+          out[i].scale /= crops[i].reduction  # of the image passed in
+          for r in out[i].readings or ():
+            r["scale"] /= crops[i].reduction
     return out
 
   def predict(self, images: list[np.ndarray], beam_size: int = 1) -> list[Prediction]:

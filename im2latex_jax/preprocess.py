@@ -104,11 +104,24 @@ OVERFLOW_WIDTHS = (500, 750, 1000, 1500, 2000, 3000)
 # A formula larger than the largest overflow canvas is shrunk to fit it, but
 # not by more than this (glyphs would become unreadable).
 MIN_OVERFLOW_SHRINK = 0.6
+# A crop's rescaled ink box can shrink (the resize greys out thin edges that
+# then count as background), never grow: `place` refuses before resizing only
+# what is more than this factor too large even so.
+RESCALED_INK_SLACK = 1.5
 
 # Inputs smaller than this on a side carry no readable formula.
 MIN_SIDE = 4
 # Below this estimated glyph height (px) the input is too coarse to read.
 MIN_GLYPH_HEIGHT = 4.0
+# Larger inputs are box-averaged by an integer factor to at most this many
+# pixels before anything else runs, which bounds the work per image (a 25 MP
+# upload costs what a 4 MP one does). A formula that large is far above the
+# dataset's glyph size, so it loses nothing it needs: 4 MP is a 4K screen.
+MAX_WORK_PIXELS = 4_000_000
+# More connected ink marks than this is noise, a photo or a page of text, not
+# one formula (the screenshot benchmark's images have at most ~65; a
+# 150-token formula a few hundred).
+MAX_MARKS = 5000
 
 
 class ImageError(ValueError):
@@ -166,12 +179,18 @@ def _array_to_gray(a: np.ndarray) -> np.ndarray:
     a = a.astype(np.float32)
     if a.size and np.nanmax(a) <= 1.0:
       a = a * 255
+  elif a.dtype == np.uint8:  # in range and never NaN: no clip needed
+    return _gray_from_unit_range(a.astype(np.float32))
   elif np.issubdtype(a.dtype, np.integer):
     a = a.astype(np.float32)
   else:
     raise ImageError(f'image dtype {a.dtype} is not supported; pass uint8, '
                      'uint16, bool or float in [0, 1]')
-  a = np.clip(np.nan_to_num(a, nan=255.0), 0, 255)
+  return _gray_from_unit_range(np.clip(np.nan_to_num(a, nan=255.0), 0, 255))
+
+
+def _gray_from_unit_range(a: np.ndarray) -> np.ndarray:
+  """float32 [H, W] of float32 [H, W] / [H, W, C] values already in [0, 255]."""
   if a.ndim == 2:
     return a
   if a.shape[-1] in (2, 4):
@@ -185,18 +204,24 @@ def _array_to_gray(a: np.ndarray) -> np.ndarray:
 
 
 def _trim_uniform_border(g: np.ndarray, tol: float = 8.0) -> np.ndarray:
-  """Strips outer rows/columns that are each of one colour (frames, bars)."""
-  top, bottom, left, right = 0, g.shape[0], 0, g.shape[1]
-  flat = lambda v: v.size == 0 or float(v.max() - v.min()) <= tol
-  while bottom - top > 1 and flat(g[top, left:right]):
-    top += 1
-  while bottom - top > 1 and flat(g[bottom - 1, left:right]):
-    bottom -= 1
-  while right - left > 1 and flat(g[top:bottom, left]):
-    left += 1
-  while right - left > 1 and flat(g[top:bottom, right - 1]):
-    right -= 1
-  return g[top:bottom, left:right]
+  """Strips outer rows/columns that are each of one colour (frames, bars).
+
+  Rows first (over all columns), then columns (over the rows kept); at least
+  one row and one column stay. Vectorized: one pass over the pixels, whatever
+  the image's shape (a 4 x 6,250,000 strip costs what any 25 MP image does).
+  """
+  def span(flat: np.ndarray) -> tuple[int, int]:
+    keep = np.flatnonzero(~flat)
+    if keep.size == 0:  # every line uniform: keep the last one
+      return flat.size - 1, flat.size
+    return int(keep[0]), int(keep[-1]) + 1
+
+  if g.size == 0:
+    return g
+  top, bottom = span(np.ptp(g, axis=1) <= tol)
+  rows = g[top:bottom]
+  left, right = span(np.ptp(rows, axis=0) <= tol)
+  return rows[:, left:right]
 
 
 def _ink_box(g: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -376,9 +401,12 @@ def normalize(image: np.ndarray | Image.Image, *,
   if scale is None:
     target = DATASET_GLYPH_HEIGHT if target_glyph_height is None else float(
         target_glyph_height)
-    scale = (estimate_scale(crop) * target / DATASET_GLYPH_HEIGHT
-             if target > 0 else 1.0)
-  return place(crop.ink, scale, buckets, overflow=overflow), float(scale)
+    crop_scale = (estimate_scale(crop) * target / DATASET_GLYPH_HEIGHT
+                  if target > 0 else float(crop.reduction))
+  else:
+    crop_scale = float(scale) * crop.reduction
+  return (place(crop.ink, crop_scale, buckets, overflow=overflow),
+          crop_scale / crop.reduction)
 
 
 @dataclasses.dataclass
@@ -391,9 +419,32 @@ class Crop:
     unstretched: the same crop with only the background brought to 255 (the
       below-scale statistics are measured here: the stretch darkens the grey,
       blurred strokes of a low-resolution input).
+    reduction: the input was box-averaged by this integer factor first
+      (MAX_WORK_PIXELS): a rescale factor s of the input image is
+      s * reduction of this crop.
   """
   ink: np.ndarray
   unstretched: np.ndarray
+  reduction: int = 1
+
+
+def _reduce(g: np.ndarray) -> tuple[np.ndarray, int]:
+  """g box-averaged by the smallest integer k that brings it to at most
+  MAX_WORK_PIXELS (the edge pixels that do not fill a block are dropped)."""
+  if g.size <= MAX_WORK_PIXELS:
+    return g, 1
+  k = int(np.ceil(np.sqrt(g.size / MAX_WORK_PIXELS)))
+  while (g.shape[0] // k) * (g.shape[1] // k) > MAX_WORK_PIXELS:
+    k += 1
+  h, w = g.shape[0] // k, g.shape[1] // k
+  if h == 0 or w == 0:  # a strip thinner than k: average along its length only
+    k2 = int(np.ceil(g.size / MAX_WORK_PIXELS))
+    if g.shape[0] >= g.shape[1]:
+      n = g.shape[0] // k2
+      return g[:n * k2].reshape(n, k2, g.shape[1]).mean(1, dtype=np.float32), k2
+    n = g.shape[1] // k2
+    return g[:, :n * k2].reshape(g.shape[0], n, k2).mean(2, dtype=np.float32), k2
+  return g[:h * k, :w * k].reshape(h, k, w, k).mean((1, 3), dtype=np.float32), k
 
 
 def crop_formula(image: np.ndarray | Image.Image) -> Crop:
@@ -410,6 +461,7 @@ def crop_formula(image: np.ndarray | Image.Image) -> Crop:
     raise ImageError(f'the image is {g.shape[0]}x{g.shape[1]} px, too small '
                      f'to hold a formula (at least {MIN_SIDE} px a side); '
                      'pass a larger crop or a higher-resolution image')
+  g, reduction = _reduce(g)
   g = _trim_uniform_border(g)
   # The background is what dominates the border; ink is a minority there.
   border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
@@ -432,8 +484,13 @@ def crop_formula(image: np.ndarray | Image.Image) -> Crop:
   if box is None:
     raise ImageError('the image is blank after removing its background; '
                      'pass an image with a formula on it')
-  return Crop(g[box[0]:box[2], box[1]:box[3]],
-              unstretched[box[0]:box[2], box[1]:box[3]])
+  ink = g[box[0]:box[2], box[1]:box[3]]
+  marks = ndimage.label(ink < INK_THRESHOLD, structure=np.ones((3, 3)))[1]
+  if marks > MAX_MARKS:
+    raise ImageError(f'this does not look like a formula: {marks:,} separate marks '
+                     f'(a typeset formula has at most a few hundred); pass a '
+                     'screenshot of one formula, not noise, a photo or a page')
+  return Crop(ink, unstretched[box[0]:box[2], box[1]:box[3]], reduction)
 
 
 SCALE_FEATURES = ('log_height_median', 'log_height_p25', 'log_height_p75',
@@ -562,6 +619,20 @@ def place(ink: np.ndarray, scale: float,
   scale = float(scale)
   if not scale > 0:
     raise ValueError(f'scale={scale} must be positive')
+  # Bound the work before doing it: a crop that would come out larger than
+  # the largest canvas allows is refused (or shrunk in the same resize)
+  # without ever being resized to that size (a 5000 px upload at a large
+  # estimated scale would otherwise become gigapixels first).
+  h, w = g.shape[0] * scale, g.shape[1] * scale
+  limit = (OVERFLOW_HEIGHTS[-1] - 2 * MARGIN, OVERFLOW_WIDTHS[-1] - 2 * MARGIN) if overflow \
+      else (max(b[0] for b in buckets) - 2 * MARGIN, max(b[1] for b in buckets) - 2 * MARGIN)
+  fit = min(limit[0] / h, limit[1] / w)
+  if fit * RESCALED_INK_SLACK < (MIN_OVERFLOW_SHRINK if overflow else 1.0):
+    what = f'{OVERFLOW_HEIGHTS[-1]}x{OVERFLOW_WIDTHS[-1]}' if overflow else \
+        f'the largest bucket ({limit[0] + 2 * MARGIN}x{limit[1] + 2 * MARGIN} with a {MARGIN} px margin)'
+    raise ImageError(
+        f'the formula is {round(h)}x{round(w)} px at the training scale, larger than '
+        f'{what}: crop the image to one formula (or a few lines) and try again')
   if scale != 1:
     g = _resize(g, scale)
     g[g > 235] = 255

@@ -243,14 +243,14 @@ def score(cond: Condition, items: list[Item], formulas: list[str], predictor,
     refs.append(formulas[it.index])
     if isinstance(p, Exception):
       hyps.append(None)
-      rows.append((it.index, 'refused', str(p), formulas[it.index]))
+      rows.append((it.index, 'refused', str(p), formulas[it.index], None))
       continue
     hyps.append(p.latex)
     if max_len and len(p.tokens) >= max_len - 1:
       at_limit += 1
     if p.scale is not None and it.true_scale > 0:
       log_err.append(abs(float(np.log(p.scale / it.true_scale))))
-    rows.append((it.index, 'ok', p.latex, formulas[it.index]))
+    rows.append((it.index, 'ok', p.latex, formulas[it.index], getattr(p, 'readings', None)))
   m = metrics.text_metrics(refs, hyps) if refs else {
       'bleu4': 0.0, 'edit_accuracy': 0.0, 'exact_match': 0.0}
   refused = sum(1 for r in rows if r[1] == 'refused')
@@ -391,10 +391,17 @@ def run(args: argparse.Namespace, predictor_factory: Callable[[], Any],
     figs.append(fig)
     with open(os.path.join(args.out, 'predictions', cond.name + '.tsv'), 'w',
               encoding='utf-8') as f:
-      for idx, status, pred, gold in rows:
+      for idx, status, pred, gold, _ in rows:
         f.write(f'{idx}\t{status}\t{" ".join(pred.split())}\t{gold}\n')
         all_refs.append(gold)
         all_hyps.append(pred if status == 'ok' else None)
+    # Every reading of the glyph-size search, for policy analysis
+    # (benchmarks/search_policy.py): one JSON line per image.
+    if any(r[4] for r in rows):
+      with open(os.path.join(args.out, 'predictions', cond.name + '.readings.jsonl'), 'w',
+                encoding='utf-8') as f:
+        for idx, _, _, gold, readings in rows:
+          f.write(json.dumps({'index': idx, 'gold': gold, 'readings': readings or []}) + '\n')
     log(f"robustness: {cond.name}: BLEU-4 {fig['bleu4']:.1f}, refused "
         f"{fig['refused']}/{fig['images']} (draw {t_draw:.0f} s, read "
         f"{fig['seconds']:.0f} s)")

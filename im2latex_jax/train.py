@@ -66,8 +66,7 @@ def make_init_fn(model, tx, plateau, cfg: ml_collections.ConfigDict, sample_hw):
 
   def init(rng):
     init_rng, scheme_rng = jax.random.split(rng)
-    variables = model.init({"params": init_rng}, jnp.zeros((1, h, w, 1), jnp.uint8),
-                           jnp.array([[h, w]], jnp.int32), jnp.zeros((1, 4), jnp.int32))
+    variables = models.init_variables(model, init_rng, (h, w))
     params = models.apply_init_scheme(variables["params"], cfg.model, scheme_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
@@ -195,6 +194,56 @@ def load_workdir_vocab(workdir: str):
   return vocab_lib.Vocab.load(path) if os.path.exists(path) else None
 
 
+def init_vocab(config: ml_collections.ConfigDict, workdir: str):
+  """The vocabulary a run must use: the workdir's, or config.init_from's.
+
+  Raises ValueError (one line) when both exist and differ: a workdir started
+  from another model cannot be continued from this one.
+  """
+  saved = load_workdir_vocab(workdir)
+  if not config.get("init_from"):
+    return saved
+  path = os.path.abspath(os.path.expanduser(config.init_from))
+  vocab_path = os.path.join(path, vocab_lib.VOCAB_FILENAME)
+  if not os.path.exists(vocab_path):
+    raise FileNotFoundError(f"config.init_from={config.init_from}: {vocab_path} does not exist; "
+                            "give an exported model dir or a training workdir.")
+  source = vocab_lib.Vocab.load(vocab_path)
+  if saved is not None and saved != source:
+    raise ValueError(f"config.init_from={config.init_from} has a vocabulary of {len(source)} "
+                     f"tokens that differs from {workdir}/vocab.txt ({len(saved)}): use a new "
+                     "--workdir for a run started from this model.")
+  return source
+
+
+def load_init_from(state: TrainState, path: str, tx, plateau) -> TrainState:
+  """`state` with the params and batch stats of the model at `path` and a
+  fresh optimizer and plateau state for them; the step stays 0.
+
+  Raises ValueError naming the parameters that do not fit (missing, extra or
+  of another shape) when `path` holds another network than config.model.
+  """
+  stored, step = checkpointing.read_variables(path)
+  new = {}
+  for group in ("params", "batch_stats"):
+    want = flax.traverse_util.flatten_dict(getattr(state, group), sep="/")
+    have = flax.traverse_util.flatten_dict(stored.get(group, {}), sep="/")
+    problems = [f"{group}/{k} missing" for k in sorted(set(want) - set(have))]
+    problems += [f"{group}/{k} not in this model" for k in sorted(set(have) - set(want))]
+    problems += [f"{group}/{k} is {tuple(np.shape(have[k]))}, this model's {tuple(want[k].shape)}"
+                 for k in sorted(set(want) & set(have)) if np.shape(have[k]) != want[k].shape]
+    if problems:
+      more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+      raise ValueError(f"config.init_from={path} does not fit config.model: "
+                       f"{'; '.join(problems[:3])}{more}. Set config.model as in "
+                       f"{os.path.join(path, 'config.json')}.")
+    new[group] = flax.traverse_util.unflatten_dict(
+        {k: jnp.asarray(np.asarray(have[k]), want[k].dtype) for k in want}, sep="/")
+  logging.info("Initialized from %s (its step %d); fresh optimizer.", path, step)
+  return state.replace(params=new["params"], batch_stats=new["batch_stats"],
+                       opt_state=tx.init(new["params"]), plateau=plateau.init(new["params"]))
+
+
 def build_model_and_optimizer(config: ml_collections.ConfigDict, vocab_size: int):
   model = models.get_model(config.model, vocab_size)
   tx = optim.make_direction(config.optim)
@@ -228,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                jax.process_count(), jax.default_backend())
 
   # -------------------------------------------------------- input pipeline
-  saved_vocab = load_workdir_vocab(workdir)
+  saved_vocab = init_vocab(config, workdir)
   data = None
   key_shapes = []  # (H, W, T) of every bucket key, for precompilation
   make_train_iter = None
@@ -283,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   repl = sharding.replicated(mesh)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  sample_hw = data.keys.image_buckets[0] if data is not None else (32, 128)
+  sample_hw = data.keys.image_buckets[0] if data is not None else models.INIT_HW
   init_fn = make_init_fn(model, tx, plateau, config, sample_hw)
   abstract = jax.eval_shape(init_fn, init_rng)
   state = jax.jit(init_fn, out_shardings=repl)(init_rng)
@@ -315,6 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     start_step = int(state.step)
     logging.info("Resumed from %s at step %d (lr scale %.4g).", mngr.directory, start_step,
                  float(state.plateau.scale))
+  elif config.get("init_from"):
+    state = jax.device_put(load_init_from(state, config.init_from, tx, plateau), repl)
   writer = writers.MetricWriter(workdir, config, config.wandb)
   if start_step >= num_steps:
     logging.info("Already trained for %d >= %d steps; nothing to do.", start_step, num_steps)

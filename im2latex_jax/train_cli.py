@@ -1,7 +1,14 @@
-"""`im2latex-jax train --config FILE[:arg] --workdir DIR [--config.a.b=v ...]`."""
+"""`im2latex-jax train --config FILE[:arg] --workdir DIR [--config.a.b=v ...]`.
+
+The console shows this project's lines (config, data keys, progress with loss
+and ETA, evaluations) and every library's warnings and errors; the libraries'
+INFO lines (TFDS, Orbax, JAX) only with --verbose.
+"""
 
 from __future__ import annotations
 
+import logging as py_logging
+import os
 import sys
 
 from absl import app
@@ -15,11 +22,33 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, vocabulary.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host).")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Also show the libraries' INFO lines (TFDS, Orbax, JAX).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class ProjectInfoFilter(py_logging.Filter):
+  """Passes warnings and errors, and INFO/DEBUG only from this package."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return (record.levelno >= py_logging.WARNING
+            or os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
+
+
+def quiet_library_info() -> None:
+  """Installs ProjectInfoFilter on absl's handler (which every library's
+  Python logging reaches through the root logger)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, ProjectInfoFilter) for f in handler.filters):
+    handler.addFilter(ProjectInfoFilter())
 
 
 def _main(argv):
   del argv
+  if not _VERBOSE.value:
+    quiet_library_info()
   from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
   from im2latex_jax import train  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value)

@@ -37,3 +37,50 @@ def test_bench_writes_every_key_and_never_recompiles(tmp_path):
   assert set(d["batched_greedy_images_per_s"]) == {"1", "8"}
   assert r["input"]["shards_loader_images_per_s"] > 0
   assert r["peak"]["fp32"]["flops_per_s"] > 0
+
+
+def test_foreign_load_counts_other_processes_not_this_one():
+  """ForeignLoad: a busy child process shows up; this process's own work
+  does not (a load average would count both)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  def spin(seconds):
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+      pass
+
+  with bench.ForeignLoad() as own:
+    spin(1.0)
+  child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+  try:
+    time.sleep(0.2)
+    with bench.ForeignLoad() as other:
+      time.sleep(1.0)
+  finally:
+    child.kill()
+    child.wait()
+  cores = __import__("os").cpu_count()
+  # One spinning child is one core of `cores`.
+  assert other.share - own.share > 0.6 / cores, (own.share, other.share)
+
+
+def test_unreliable_ratio_has_no_headline():
+  tr = {"rounds": 3, "median_s": {"train": {"jax_fp32": 1.0, "torch_fp32": 2.0},
+                                  "greedy": {"jax_fp32": 1.0, "torch_fp32": 1.0}},
+        "load_before": 0.1, "load_after": 2.0, "foreign_cpu_share": 0.0,
+        "jax_speed": {"train_vs_torch_fp32": {"median": 2.0, "min": 1.9, "max": 2.1}},
+        "reliable": False, "unreliable_because": ["only 3 rounds (at least 5 for a headline)"]}
+  text = "\n".join(bench._torch_summary(tr, {"cpu_model": "X"}))  # pylint: disable=protected-access
+  assert "UNRELIABLE" in text and "only 3 rounds" in text and "JAX speed (" not in text
+  tr.update(reliable=True, unreliable_because=[])
+  text = "\n".join(bench._torch_summary(tr, {"cpu_model": "X"}))  # pylint: disable=protected-access
+  assert "train vs torch_fp32 2.00x (1.90-2.10)" in text and "UNRELIABLE" not in text
+
+
+def test_reliability_rules():
+  assert bench.unreliable_because(7, 0.3, 0.05, 2) == []
+  assert bench.unreliable_because(4, 0.3, 0.05, 2) == ["only 4 rounds (at least 5 for a headline)"]
+  assert bench.unreliable_because(7, 1.2, 0.05, 2) == ["load average 1.20 before the run on 2 cores"]
+  assert bench.unreliable_because(7, 0.3, 0.40, 2) == ["other processes took 40% of the CPUs during it"]

@@ -349,3 +349,22 @@ def test_search_keeps_one_of_the_scales_read(predictor):
   # A known scale is read once, at that scale, in full.
   [q] = search.predict_each([SHORT[0]], scales=[1.0])
   assert q.scale == 1.0
+
+
+def test_prepared_crops_read_as_the_images(predictor):
+  """prepare() (the server's request-thread step) then predict_each ==
+  predict_each on the images; a large input's scale is the input's."""
+  search = predictor_lib.Predictor(predictor._loaded)  # pylint: disable=protected-access
+  direct = search.predict_each(SHORT[:2])
+  prepared = search.predict_each([search.prepare(im) for im in SHORT[:2]])
+  for a, b in zip(direct, prepared):
+    assert (a.latex, a.scale) == (b.latex, b.scale)
+    np.testing.assert_array_equal(a.image, b.image)
+  small = SHORT[0][..., 0]  # black on white: every channel is the gray image
+  canvas = np.full((1250, 1250), 255, np.uint8)
+  canvas[100:100 + small.shape[0], 100:100 + small.shape[1]] = small
+  big = np.kron(canvas, np.ones((2, 2), np.uint8))  # reduced by 2 before cropping
+  [p_small] = search.predict_each([canvas], scales=[1.0])
+  [p_big] = search.predict_each([big], scales=[0.5])
+  assert p_big.scale == 0.5 and p_big.latex == p_small.latex
+  np.testing.assert_array_equal(p_big.image, p_small.image)

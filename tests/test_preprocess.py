@@ -187,3 +187,73 @@ def test_solid_ink_fraction_separates_half_scale():
             preprocess.HALF_SCALE_SOLID_FRACTION)
     assert (preprocess.solid_ink_fraction(_scaled(a, 0.5)) <
             preprocess.HALF_SCALE_SOLID_FRACTION)
+
+
+def _trim_reference(g, tol=8.0):
+  """The row-by-row loop `_trim_uniform_border` replaced (same rule)."""
+  top, bottom, left, right = 0, g.shape[0], 0, g.shape[1]
+  flat = lambda v: v.size == 0 or float(v.max() - v.min()) <= tol
+  while bottom - top > 1 and flat(g[top, left:right]):
+    top += 1
+  while bottom - top > 1 and flat(g[bottom - 1, left:right]):
+    bottom -= 1
+  while right - left > 1 and flat(g[top:bottom, left]):
+    left += 1
+  while right - left > 1 and flat(g[top:bottom, right - 1]):
+    right -= 1
+  return g[top:bottom, left:right]
+
+
+def test_vectorized_border_trim_equals_the_loop():
+  rng = np.random.default_rng(0)
+  cases = [np.full((7, 9), 255.0), np.zeros((1, 5)), np.full((4, 1), 3.0)]
+  for _ in range(200):
+    h, w = rng.integers(1, 30, 2)
+    g = np.full((h, w), 255.0, np.float32)
+    # frames of random widths and colours around random content
+    t, b, l, r = rng.integers(0, 5, 4)
+    g[t:max(t, h - b), l:max(l, w - r)] = rng.integers(0, 256, (max(0, h - b - t), max(0, w - r - l)))
+    g[:t], g[h - b:] = rng.integers(0, 256), rng.integers(0, 256)
+    g[:, :l], g[:, w - r:] = rng.integers(0, 256), rng.integers(0, 256)
+    cases.append(g)
+  for g in cases:
+    np.testing.assert_array_equal(preprocess._trim_uniform_border(g), _trim_reference(g))
+
+
+def test_place_refuses_before_resizing(monkeypatch):
+  """A crop far too large at its scale is refused without being resized."""
+  def no_resize(g, scale):
+    raise AssertionError(f'resized {g.shape} by {scale}')
+
+  monkeypatch.setattr(preprocess, '_resize', no_resize)
+  ink = np.zeros((100, 100), np.float32)
+  with pytest.raises(preprocess.ImageError, match=r'10000x10000 px at the training scale'):
+    preprocess.place(ink, 100.0)
+  with pytest.raises(preprocess.ImageError, match='larger than the largest bucket'):
+    preprocess.place(ink, 20.0, overflow=False)
+
+
+def test_large_input_is_reduced_first_and_scales_stay_the_inputs():
+  """An input above MAX_WORK_PIXELS is box-averaged by an integer factor;
+  a 2x nearest-neighbour copy of an image reads exactly as the image."""
+  small = np.full((1250, 1250), 255, np.uint8)
+  crop = _crop(np.asarray(Image.open(FIXTURES[0])))
+  small[300:300 + crop.shape[0], 400:400 + crop.shape[1]] = crop
+  big = np.kron(small, np.ones((2, 2), np.uint8))  # 2500 x 2500 = 6.25 MP
+  assert big.size > preprocess.MAX_WORK_PIXELS >= small.size
+  c = preprocess.crop_formula(big)
+  assert c.reduction == 2
+  np.testing.assert_array_equal(c.ink, preprocess.crop_formula(small).ink)
+  out_big, s_big = preprocess.normalize(big, scale=0.5)
+  out_small, s_small = preprocess.normalize(small, scale=1.0)
+  np.testing.assert_array_equal(out_big, out_small)
+  assert (s_big, s_small) == (0.5, 1.0)
+  # A strip thinner than the factor is averaged along its length only.
+  g, k = preprocess._reduce(np.full((1, 9_000_000), 255, np.float32))
+  assert k == 3 and g.shape == (1, 3_000_000)
+
+
+def test_noise_is_not_a_formula():
+  noise = np.random.default_rng(0).integers(0, 256, (1500, 1500), dtype=np.uint8)
+  with pytest.raises(preprocess.ImageError, match='does not look like a formula'):
+    preprocess.crop_formula(noise)

@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import sys
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -371,7 +372,8 @@ def test_concurrent_requests_on_waitress():
     else:
       assert status == 200, body
       assert body["latex"] == "\\frac { a } { b }"
-  assert sum(predictor.calls) >= 20
+  # The blank image was refused in its own request thread, before the queue.
+  assert sum(predictor.calls) == 19
   assert max(predictor.calls) > 1  # requests were coalesced into batches
 
 
@@ -516,6 +518,7 @@ def test_cli_good_garbage_missing(tmp_path, image_dir):
     ("--port", "99999", "--port 99999 is out of range"),
     ("--port", "-1", "--port -1 is out of range"),
     ("--threads", "0", "--threads 0 is out of range"),
+    ("--timeout", "0", "--timeout 0.0 is out of range"),
 ])
 def test_serve_refuses_bad_options_before_loading(stub_loader, capsys, flag, value, pattern):
   def never(workdir=None):
@@ -538,3 +541,54 @@ def test_serve_port_in_use_is_one_line_before_loading(stub_loader, capsys):
     assert app_lib.main(["im2latex-jax serve", "--port", str(port)]) == 2
   err = capsys.readouterr().err
   assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+def test_bad_image_is_refused_in_its_request_thread(client, predictor):
+  """Preprocessing (Predictor.prepare) runs in the request's thread: a
+  refused image never reaches the predictor thread, so it delays no one."""
+  resp = post_image(client, encode(Image.new("L", (200, 60), 255)))
+  assert_error(resp, 422, "blank")
+  assert predictor.calls == []
+  assert post_image(client, formula_png()).status_code == 200
+  assert predictor.calls == [1]
+
+
+def test_request_time_limit_and_stuck_predictor_health():
+  predictor = fake.FakePredictor(delay_s=1.5)
+  app = app_lib.create_app(lambda: predictor, timeout_s=0.3)
+  with running_server(app, threads=4) as url:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      slow = pool.submit(_post, url, formula_png())
+      # The first call is running for longer than the limit: health says so.
+      deadline = time.monotonic() + 5
+      while True:
+        try:
+          urllib.request.urlopen(url + "/healthz")
+        except urllib.error.HTTPError as e:
+          health = json.loads(e.read())
+          assert e.code == 503
+          break
+        assert time.monotonic() < deadline, "healthz never reported the stuck call"
+        time.sleep(0.05)
+      assert health["status"] == "stuck" and "request time limit (0.3 s)" in health["error"]
+      status, body = slow.result()
+    assert status == 503 and "time limit (0.3 s)" in body["error"]
+    # When the call ends the server is healthy again.
+    deadline = time.monotonic() + 5
+    while True:
+      try:
+        assert json.loads(urllib.request.urlopen(url + "/healthz").read())["status"] == "ok"
+        break
+      except urllib.error.HTTPError:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_timed_out_request_drops_its_queued_work():
+  predictor = fake.FakePredictor()
+  batcher = app_lib._Batcher(app_lib._PredictorHolder(lambda: predictor))
+  good = np.asarray(formula_image())
+  futures = [concurrent.futures.Future() for _ in range(2)]
+  futures[0].cancel()  # what predict() does when its wait times out
+  batcher._run([(good, 1, futures[0]), (good, 1, futures[1])], beam=1)
+  assert predictor.calls == [1] and futures[1].result().latex

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,6 +128,22 @@ def test_non_divisible_batch_is_a_clear_cli_error(tfds_dir, tmp_path):
   assert "Traceback" not in out.stderr
 
 
+def test_console_shows_progress_not_library_info(tfds_dir, tmp_path):
+  """Progress lines with loss and ETA; TFDS/Orbax INFO only with --verbose."""
+  cmd, env = _cli(str(tmp_path / "w"), 2, tfds_dir, every=2)
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert re.search(r"\[2/2\] loss [0-9.]+ .* ETA 0:00:00", out.stderr), out.stderr[-3000:]
+  assert "eval loss" in out.stderr
+  library_info = re.compile(r"^I\S+ \S+ \d+ (checkpoint_manager|async_checkpointer|"
+                            r"dataset_info|reader|logging_logger)\.py", re.M)
+  assert not library_info.search(out.stderr), library_info.search(out.stderr).group(0)
+  cmd, env = _cli(str(tmp_path / "v"), 1, tfds_dir, every=1)
+  out = subprocess.run(cmd + ["--verbose"], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert library_info.search(out.stderr), out.stderr[-3000:]
+
+
 def test_missing_data_dir_is_a_clear_cli_error(tfds_dir, tmp_path):
   cmd, env = _cli(str(tmp_path / "w"), 2, tfds_dir)
   cmd.append(f"--config.input.manual_dir={tmp_path / 'nowhere'}")
@@ -157,3 +174,50 @@ def test_sigterm_saves_and_rerun_resumes(tfds_dir, tmp_path):
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"at step {kept[-1]}" in out.stderr
+
+
+def test_init_from_loads_exactly_the_given_model(tfds_dir, tmp_path):
+  """config.init_from: the source's params/batch stats, a fresh optimizer,
+  the source's vocabulary; another network or vocabulary is a one-line error."""
+  src = str(tmp_path / "src")
+  train.train_and_evaluate(_cfg(tfds_dir, 3), src)
+  exported = inference.export_model(src, str(tmp_path / "exported"), dtype="float32")
+  want = inference.load_model(src, "best").variables
+
+  cfg = _cfg(tfds_dir, 3)
+  cfg.seed = 7  # another initialization, so equality below means "loaded"
+  model, tx, plateau = train.build_model_and_optimizer(cfg, len(inference.load_model(src).vocab))
+  fresh = train.make_init_fn(model, tx, plateau, cfg, (40, 160))(jax.random.key(7))
+  assert not np.allclose(jax.tree.leaves(fresh.params)[0], jax.tree.leaves(want["params"])[0])
+  for path in (src, exported):  # a workdir (best checkpoint) or an exported dir
+    state = train.load_init_from(fresh, path, tx, plateau)
+    chex.assert_trees_all_equal(state.params, want["params"])
+    chex.assert_trees_all_equal(state.batch_stats, want["batch_stats"])
+    assert int(state.step) == 0
+    chex.assert_trees_all_equal(state.opt_state, tx.init(want["params"]))
+
+  # Through train_and_evaluate: a near-zero learning rate keeps the loaded
+  # parameters, so the run's first checkpoint holds the source's.
+  cfg.init_from = exported
+  cfg.num_train_steps = 1
+  cfg.optim.lr = 1e-12
+  dst = str(tmp_path / "dst")
+  train.train_and_evaluate(cfg, dst)
+  got = inference.load_model(dst, "latest")
+  assert got.vocab == inference.load_model(src).vocab
+  chex.assert_trees_all_close(got.variables["params"], want["params"], atol=1e-6)
+
+  other = _cfg(tfds_dir, 3)
+  other.model.encoder_hidden = 12
+  model2, tx2, plateau2 = train.build_model_and_optimizer(other, len(got.vocab))
+  state2 = train.make_init_fn(model2, tx2, plateau2, other, (40, 160))(jax.random.key(0))
+  with pytest.raises(ValueError, match=r"does not fit config\.model: params/.*is \("):
+    train.load_init_from(state2, exported, tx2, plateau2)
+
+  # A workdir whose vocabulary is not the source's cannot be continued from it.
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "vocab.txt").write_text("<pad>\n<s>\n</s>\n<unk>\nx\n")
+  with pytest.raises(ValueError, match="differs from .*vocab.txt") as e:
+    train.init_vocab(cfg, str(bad))
+  assert "\n" not in str(e.value)

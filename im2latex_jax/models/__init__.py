@@ -11,6 +11,16 @@ from im2latex_jax.models.layers import apply_init_scheme
 from im2latex_jax.models.transformer import Transformer
 
 MODELS = ("im2markup", "baseline", "transformer")
+# (H, W) of the dummy image that creates (or shapes) a model's variables. Any
+# size gives the same variables: no layer's shape depends on the image size.
+INIT_HW = (32, 128)
+
+
+def init_variables(model, rng, hw: tuple[int, int] = INIT_HW) -> dict:
+  """`model.init` on a dummy [1, H, W, 1] image and 4 tokens: the variables."""
+  h, w = hw
+  return model.init({"params": rng}, jnp.zeros((1, h, w, 1), jnp.uint8),
+                    jnp.array([[h, w]], jnp.int32), jnp.zeros((1, 4), jnp.int32))
 
 
 def get_model(cfg: ml_collections.ConfigDict, vocab_size: int):
@@ -37,4 +47,4 @@ def get_model(cfg: ml_collections.ConfigDict, vocab_size: int):
   raise ValueError(f"Unknown config.model.name {cfg.name!r}; choose one of {MODELS}.")
 
 
-__all__ = ["get_model", "apply_init_scheme", "Im2Markup", "Baseline", "Transformer", "MODELS"]
+__all__ = ["get_model", "init_variables", "INIT_HW", "apply_init_scheme", "Im2Markup", "Baseline", "Transformer", "MODELS"]

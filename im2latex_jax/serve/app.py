@@ -6,13 +6,18 @@ Routes:
   GET  /             the page (upload, paste or drop an image; KaTeX rendering).
   POST /api/predict  multipart field `image` or raw image bytes with an image/*
                      content type; optional `beam` (1-10) in the form or query.
-  GET  /healthz      {"status": "ok", "model_id": ...}, or 503 with no model.
+  GET  /healthz      {"status": "ok", "model_id": ...}; 503 with no model, or
+                     when one predict() call has run for more than the
+                     request time limit (a stuck predictor).
 
 Every error is JSON `{"error": "..."}` with a 4xx code that names the problem;
 unexpected exceptions are logged here and answered with a 500 that has no
-trace. Requests are decoded in waitress's threads and handed to one batching
-thread that owns the predictor, so the predictor never runs concurrently and
-requests that arrive together share one `predict` call.
+trace. Requests are decoded and preprocessed (`Predictor.prepare`: crop, size
+and sanity checks) in waitress's threads and handed to one batching thread
+that owns the predictor, so the predictor never runs concurrently, requests
+that arrive together share one `predict` call, and a bad image costs only its
+own request thread. A request waits at most the time limit (`--timeout`) for
+its answer, then gets a 503 and its queued work is dropped.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ MAX_BEAM = 10
 ATTENTION_MAX_SIDE = 128
 # Most images one predict() call gets when requests arrive together.
 MAX_BATCH = 8
+# Longest a request waits for its prediction, in seconds (queue + predict).
+REQUEST_TIMEOUT_S = 60.0
 
 _log = logging.getLogger(__name__)
 
@@ -97,15 +104,28 @@ class _Batcher:
   for others to arrive, so a lone request pays no latency for batching.
   """
 
-  def __init__(self, holder: _PredictorHolder, max_batch: int = MAX_BATCH):
+  def __init__(self, holder: _PredictorHolder, max_batch: int = MAX_BATCH,
+               timeout_s: float = REQUEST_TIMEOUT_S):
     self._holder = holder
     self._max_batch = max_batch
+    self.timeout_s = timeout_s
     self._queue: queue.Queue = queue.Queue()
     self._start_lock = threading.Lock()
     self._thread: threading.Thread | None = None
+    # perf_counter() when the predict() call in progress began; None when idle.
+    self.busy_since: float | None = None
 
-  def predict(self, image: np.ndarray, beam: int):
-    """Predicts one image; re-raises the predictor's exception for it."""
+  def busy_seconds(self) -> float:
+    since = self.busy_since
+    return 0.0 if since is None else time.perf_counter() - since
+
+  def predict(self, image, beam: int):
+    """Predicts one image; re-raises the predictor's exception for it.
+
+    Raises:
+      ApiError(503): no answer within `timeout_s` (the request's work is
+        dropped if it has not started).
+    """
     with self._start_lock:
       if self._thread is None:
         self._thread = threading.Thread(
@@ -113,7 +133,12 @@ class _Batcher:
         self._thread.start()
     future: concurrent.futures.Future = concurrent.futures.Future()
     self._queue.put((image, beam, future))
-    return future.result()
+    try:
+      return future.result(timeout=self.timeout_s)
+    except concurrent.futures.TimeoutError:
+      future.cancel()
+      raise ApiError(f"no prediction within the server's time limit ({self.timeout_s:g} s): "
+                     "the model is busy or stuck; try again later", 503) from None
 
   def _loop(self):
     while True:
@@ -127,6 +152,11 @@ class _Batcher:
         self._run([it for it in items if it[1] == beam], beam)
 
   def _run(self, items, beam: int):
+    # A request that timed out cancelled its future: its work is dropped.
+    items = [it for it in items if it[2].set_running_or_notify_cancel()]
+    if not items:
+      return
+    self.busy_since = time.perf_counter()
     try:
       # One result per image (a Prediction or the error that refused it), so
       # a bad image fails only the request that sent it.
@@ -136,6 +166,8 @@ class _Batcher:
       for _, _, future in items:
         future.set_exception(e)
       return
+    finally:
+      self.busy_since = None
     for (_, _, future), pred in zip(items, preds):
       if isinstance(pred, Exception):
         future.set_exception(pred)
@@ -144,7 +176,8 @@ class _Batcher:
 
 
 def create_app(predictor_factory: PredictorFactory,
-               max_batch: int = MAX_BATCH) -> flask.Flask:
+               max_batch: int = MAX_BATCH,
+               timeout_s: float = REQUEST_TIMEOUT_S) -> flask.Flask:
   """Builds the Flask app.
 
   Args:
@@ -152,6 +185,7 @@ def create_app(predictor_factory: PredictorFactory,
       that needs it. NoModelError (or ValueError for a bad workdir) makes the
       page show the message and the API answer 503.
     max_batch: most images per predict() call.
+    timeout_s: longest a request waits for its prediction (503 after).
 
   Returns:
     The WSGI app.
@@ -160,8 +194,9 @@ def create_app(predictor_factory: PredictorFactory,
   app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
   app.json.sort_keys = False
   holder = _PredictorHolder(predictor_factory)
-  batcher = _Batcher(holder, max_batch=max_batch)
+  batcher = _Batcher(holder, max_batch=max_batch, timeout_s=timeout_s)
   app.extensions["im2latex"] = holder
+  app.extensions["im2latex_batcher"] = batcher
 
   @app.get("/")
   def index():
@@ -179,6 +214,11 @@ def create_app(predictor_factory: PredictorFactory,
       model_id = holder.get().model_id
     except ApiError as e:
       return {"status": "unavailable", "error": str(e)}, 503
+    busy = batcher.busy_seconds()
+    if busy > batcher.timeout_s:
+      return {"status": "stuck", "model_id": model_id,
+              "error": f"one prediction call has run for {busy:.0f} s, more than the "
+                       f"request time limit ({batcher.timeout_s:g} s)"}, 503
     return {"status": "ok", "model_id": model_id}
 
   @app.post("/api/predict")
@@ -189,15 +229,17 @@ def create_app(predictor_factory: PredictorFactory,
     flask.request.get_data(cache=True)
     beam = _parse_beam(flask.request)
     image = image_io.decode_image(_read_upload(flask.request))
-    t1 = time.perf_counter()
     try:
-      pred = batcher.predict(image, beam)
+      # Here, in this request's thread: a slow or bad image holds up no other.
+      prepared = predictor.prepare(image)
+      t1 = time.perf_counter()
+      pred = batcher.predict(prepared, beam)
     except ValueError as e:  # preprocess.ImageError: blank, tiny, too large.
       raise ApiError(str(e), 422) from None
     t2 = time.perf_counter()
     body = prediction_json(pred)
     timings = {k: round(float(v), 4) for k, v in pred.timings.items()}
-    timings["upload_decode"] = round(t1 - t0, 4)
+    timings["upload_decode_prepare"] = round(t1 - t0, 4)
     timings["request"] = round(time.perf_counter() - t0, 4)
     timings["queue_and_predict"] = round(t2 - t1, 4)
     body.update(beam=beam, timings=timings, model_id=predictor.model_id)
@@ -373,11 +415,13 @@ def main(argv: list[str]) -> int:
                       help="waitress worker threads")
   parser.add_argument("--max-batch", type=int, default=MAX_BATCH,
                       help="most requests coalesced into one predict() call")
+  parser.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT_S,
+                      help="seconds a request waits for its prediction before a 503")
   parser.add_argument("--fake", action="store_true",
                       help="serve a fixed-answer FakePredictor (UI work)")
   args = parser.parse_args(argv[1:])
   for name, value, low in (("--port", args.port, 0), ("--threads", args.threads, 1),
-                           ("--max-batch", args.max_batch, 1)):
+                           ("--max-batch", args.max_batch, 1), ("--timeout", args.timeout, 1)):
     if value < low or (name == "--port" and value > 65535):
       bound = "0..65535 (0: any free port)" if name == "--port" else f">= {low}"
       print(f"error: {name} {value} is out of range; use {bound}", file=sys.stderr)
@@ -402,7 +446,7 @@ def main(argv: list[str]) -> int:
       predictor = importlib.import_module("im2latex_jax.predictor")
       return predictor.load_predictor(args.workdir)
 
-  app = create_app(factory, max_batch=args.max_batch)
+  app = create_app(factory, max_batch=args.max_batch, timeout_s=args.timeout)
   # Load (and compile) before taking traffic. A bad --workdir is a usage
   # error; no model at all still serves the page, which explains it.
   try:

@@ -69,6 +69,12 @@ class FakePredictor:
     return preds
 
 
+  def prepare(self, image: np.ndarray) -> np.ndarray:
+    """The request-thread step (Predictor.prepare): refuses a blank or tiny
+    image here; the image itself goes on to predict_each."""
+    _preprocess(image)
+    return image
+
   def predict_each(self, images: list[np.ndarray], beam_size: int = 1,
                    scales=None) -> list[Prediction | ImageError]:
     """Per image: its Prediction, or the ImageError that refused it (one
