@@ -14,6 +14,15 @@ beam 5 p50 <= 500 ms.
 
 Also reports the encoder's share (the CNN + row BiLSTM alone, jitted) and
 images/s through `predict()` for batches of 1, 8 and 32 images of one bucket.
+
+With `--screenshots DIR` it times a real model (`--workdir`, default the
+shipped one) on real screenshots instead (e.g. a screenshot-benchmark
+condition's `formula_images_processed/`), one image per call, warm: one
+reading at the old estimate, the full glyph-size search, and the search with
+an early stop at each `--confident` threshold (Predictor.confident_score).
+
+    python benchmarks/latency.py --screenshots OUT/images/katex-16px/formula_images_processed \
+        --n 20 --confident=-0.05,-0.1
 """
 
 from __future__ import annotations
@@ -89,14 +98,61 @@ def time_calls(fn, runs: int) -> list[float]:
   return out
 
 
+def screenshot_latency(args) -> dict:
+  """Per-image latency of a real model on real screenshots, per policy."""
+  names = sorted(f for f in os.listdir(args.screenshots) if f.endswith(".png"))[:args.n]
+  images = [np.asarray(Image.open(os.path.join(args.screenshots, f)).convert("RGB"))
+            for f in names]
+  loaded = (predictor_lib.load_predictor(args.workdir)._loaded)  # pylint: disable=protected-access
+  policies = {"one_reading": dict(scale_rounds=()), "search": dict(confident_score=None)}
+  for t in (float(v) for v in args.confident.split(",") if v):
+    policies[f"search_confident@{t:g}"] = dict(confident_score=t)
+  result = {"device": f"{jax.default_backend()} ({os.cpu_count()} cores, "
+                      f"{platform.processor() or platform.machine()})",
+            "model": loaded.model_id, "images": len(images), "dir": args.screenshots,
+            "loadavg_before": list(os.getloadavg())}
+  preds = {name: predictor_lib.Predictor(loaded, **kw) for name, kw in policies.items()}
+  for p in preds.values():  # compile every shape the images need
+    p.predict_each(images)
+  for _ in range(2):  # interleaved, so the load hits every policy alike
+    for name, p in preds.items():
+      times, readings = result.setdefault(name, {"times": [], "readings": []}).values()
+      for im in images:
+        t = time.perf_counter()
+        [out] = p.predict_each([im])
+        times.append(time.perf_counter() - t)
+        readings.append(len(getattr(out, "readings", None) or [None]))
+  for name in preds:
+    r = result[name]
+    result[name] = {**percentiles(r["times"]),
+                    "p90_ms": round(float(np.percentile(np.asarray(r["times"]) * 1000, 90)), 1),
+                    "mean_readings": round(float(np.mean(r["readings"])), 2)}
+  result["loadavg_after"] = list(os.getloadavg())
+  return result
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--screenshots", default=None,
+                      help="time a real model on these PNGs instead (see above)")
+  parser.add_argument("--workdir", default=None, help="with --screenshots: the model")
+  parser.add_argument("--n", type=int, default=20, help="with --screenshots: images")
+  parser.add_argument("--confident", default="-0.05",
+                      help="with --screenshots: comma-separated early-stop thresholds")
   parser.add_argument("--max-len", type=int, default=100, help="tokens decoded per image")
   parser.add_argument("--runs", type=int, default=20, help="timed single-image calls")
   parser.add_argument("--beam", type=int, default=5)
   parser.add_argument("--batches", default="1,8,32", help="throughput batch sizes")
   parser.add_argument("--out", default=None, help="write the JSON here too")
   args = parser.parse_args(argv)
+  if args.screenshots:
+    result = screenshot_latency(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+      with open(args.out, "w") as f:
+        f.write(text + "\n")
+    return result
 
   loaded = random_model(args.max_len)
   # One reading per image at a fixed length (no glyph-size search, no loop

@@ -424,7 +424,7 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
 
   if not skip_torch:
     result["torch"] = bench_versus_torch(config, by_key[main_key], vocab_size, rounds,
-                                         step, state, model)
+                                         step, state, model, result["machine"]["loadavg"][0])
   result["input"] = bench_input(config, input_batches, with_tfdata)
   result["machine"]["loadavg_end"] = list(os.getloadavg())
   result["wall_s"] = time.perf_counter() - t_start
@@ -455,7 +455,8 @@ def _spread(values: list[float]) -> dict[str, float]:
   return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, model) -> dict | str:
+def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, model,
+                       start_load: float) -> dict | str:
   """JAX vs its PyTorch twin (fp32, and bf16 autocast), timed interleaved.
 
   Each round runs one train step of every side in turn (JAX, PyTorch fp32,
@@ -504,8 +505,9 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
           t = time.perf_counter()
           fn()
           times[kind][name].append(time.perf_counter() - t)
-  problems = unreliable_because(rounds, load.load_before, load.share,
-                                len(os.sched_getaffinity(0)))
+  # The load before the whole bench: by the time the rounds start, this
+  # process's own JAX part has been running for minutes and counts in it.
+  problems = unreliable_because(rounds, start_load, load.share, len(os.sched_getaffinity(0)))
   ratios = {}
   for kind in times:
     j = times[kind][jax_name]
@@ -521,7 +523,8 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
       "times_s": times,
       # JAX speed relative to each PyTorch side (PyTorch time / JAX time).
       "jax_speed": ratios,
-      "load_before": load.load_before, "load_after": load.load_after,
+      "load_at_bench_start": start_load, "load_before": load.load_before,
+      "load_after": load.load_after,
       "foreign_cpu_share": load.share, "reliable": not problems,
       "unreliable_because": problems,
   }
@@ -533,8 +536,9 @@ def _torch_summary(tr: dict, mach: dict) -> list[str]:
       f"{k} {v * 1000:.0f} ms" for k, v in med["train"].items()) + " | greedy batch: " +
       ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in med["greedy"].items())]
   share = tr["foreign_cpu_share"]
-  lines.append(f"load {tr['load_before']:.2f} before, {tr['load_after']:.2f} after "
-               f"(this run's own threads count); other processes' CPU share during it: "
+  lines.append(f"load {tr.get('load_at_bench_start', tr['load_before']):.2f} at the bench's "
+               f"start, {tr['load_before']:.2f} / {tr['load_after']:.2f} before / after the "
+               f"rounds (this run's own threads count); other processes' CPU share during them: "
                + ("n/a" if share is None else f"{100 * share:.0f}%"))
   speeds = ", ".join(f"{k.replace('_vs_', ' vs ')} {v['median']:.2f}x "
                      f"({v['min']:.2f}-{v['max']:.2f})" for k, v in tr["jax_speed"].items())

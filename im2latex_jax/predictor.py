@@ -41,6 +41,11 @@ from im2latex_jax.data import vocab as vocab_lib
 SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "model")
 # Environment variable naming a workdir to use when none is passed.
 MODEL_ENV = "IM2LATEX_MODEL"
+# The glyph-size search skips its later rounds for an image whose best
+# first-round reading has at least this mean token log-probability (None:
+# every round for every image). Chosen on the screenshot benchmark with
+# benchmarks/search_policy.py (README "Screenshots").
+CONFIDENT_SCORE: float | None = None
 # A prediction whose last LOOP_SPAN tokens repeat with a period of at most
 # decode.MAX_LOOP_PERIOD tokens is a runaway loop (`\\! \\! \\! ...`): greedy
 # decoding stops there, and the repeats are cut to one (`trim_loop`). In
@@ -223,7 +228,8 @@ class Predictor:
   def __init__(self, loaded: inference.LoadedModel,
                batch_sizes: tuple[int, ...] = BATCH_SIZES,
                scale_rounds: tuple[tuple[float, ...], ...] | None = None,
-               loop_span: int = LOOP_SPAN):
+               loop_span: int = LOOP_SPAN,
+               confident_score: float | None = CONFIDENT_SCORE):
     self._loaded = loaded
     self.model_id = loaded.model_id
     self.vocab = loaded.vocab
@@ -239,6 +245,9 @@ class Predictor:
     # Greedy decoding stops a loop this long (0: never; benchmarks that need
     # a fixed decoded length).
     self.loop_span = int(loop_span)
+    # The search stops after a round for an image whose best reading has at
+    # least this mean token log-probability (None: always every round).
+    self.confident_score = None if confident_score is None else float(confident_score)
     if not self.batch_sizes or self.batch_sizes[0] < 1:
       raise ValueError(f"batch_sizes {batch_sizes} must be positive integers")
     # One lock for the caches and the device: jitted calls of one model run
@@ -376,7 +385,8 @@ class Predictor:
       if rnd + 1 < len(self.scale_rounds):
         pending = {i: preprocess.dedup_scales(
             [best[i][2][1] * float(np.exp(o)) for o in self.scale_rounds[rnd + 1]],
-            tried[i]) for i in best}
+            tried[i]) for i in best
+            if self.confident_score is None or best[i][0] < self.confident_score}
     # Final readings: the known scales, and with a beam each search's winner.
     final: list[tuple[int, tuple]] = []
     for i in known:

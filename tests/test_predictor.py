@@ -368,3 +368,19 @@ def test_prepared_crops_read_as_the_images(predictor):
   [p_big] = search.predict_each([big], scales=[0.5])
   assert p_big.scale == 0.5 and p_big.latex == p_small.latex
   np.testing.assert_array_equal(p_big.image, p_small.image)
+
+
+def test_confident_first_round_skips_the_rest(predictor):
+  """confident_score: an image whose best first-round reading is at least
+  that sure is not read again; None reads every round."""
+  loaded = predictor._loaded  # pylint: disable=protected-access
+  every = predictor_lib.Predictor(loaded, confident_score=None)
+  sure = predictor_lib.Predictor(loaded, confident_score=-1e9)  # any reading is sure
+  never = predictor_lib.Predictor(loaded, confident_score=0.0)  # no reading is (scores < 0)
+  [a] = every.predict_each([SHORT[1]])
+  [b] = sure.predict_each([SHORT[1]])
+  [c] = never.predict_each([SHORT[1]])
+  assert {r["round"] for r in a.readings} == {0, 1}
+  assert {r["round"] for r in b.readings} == {0}
+  assert b.readings == [r for r in a.readings if r["round"] == 0]
+  assert c.readings == a.readings and c.latex == a.latex

@@ -231,7 +231,8 @@ def create_app(predictor_factory: PredictorFactory,
     image = image_io.decode_image(_read_upload(flask.request))
     try:
       # Here, in this request's thread: a slow or bad image holds up no other.
-      prepared = predictor.prepare(image)
+      prepare = getattr(predictor, "prepare", None)  # optional for custom predictors
+      prepared = prepare(image) if prepare is not None else image
       t1 = time.perf_counter()
       pred = batcher.predict(prepared, beam)
     except ValueError as e:  # preprocess.ImageError: blank, tiny, too large.
