@@ -7,7 +7,7 @@ full search's, so its accuracy can be computed offline, without decoding
 again; its cost is the number of readings it needs (each is one encoder +
 greedy decode, the bulk of the latency).
 
-  python benchmarks/search_policy.py results/robustness/v2 [--out policy.json]
+  python benchmarks/search_policy.py results/robustness/readings_n40 [--out policy.json]
 
 Policies: `search` (what predict does: every round, the most confident
 reading), `round1` (the first round only), `center` (one reading at the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import gzip
 import json
 import os
 import sys
@@ -54,7 +55,8 @@ def choose(readings: list[dict], policy: str) -> tuple[dict | None, int]:
 
 
 def evaluate(run_dir: str, policies: list[str]) -> dict:
-  files = sorted(glob.glob(os.path.join(run_dir, "predictions", "*.readings.jsonl")))
+  files = sorted(glob.glob(os.path.join(run_dir, "predictions", "*.readings.jsonl")) +
+                 glob.glob(os.path.join(run_dir, "predictions", "*.readings.jsonl.gz")))
   if not files:
     raise FileNotFoundError(f"{run_dir}/predictions has no *.readings.jsonl; rerun "
                             "`im2latex-jax robustness` with this version")
@@ -64,7 +66,8 @@ def evaluate(run_dir: str, policies: list[str]) -> dict:
     for path in files:
       cond = os.path.basename(path).split(".readings")[0]
       refs, hyps = [], []
-      with open(path, encoding="utf-8") as f:
+      opener = gzip.open if path.endswith(".gz") else open
+      with opener(path, "rt", encoding="utf-8") as f:
         for line in f:
           row = json.loads(line)
           pick, n = choose(row["readings"], policy)
