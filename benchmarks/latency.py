@@ -146,13 +146,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--out", default=None, help="write the JSON here too")
   args = parser.parse_args(argv)
   if args.screenshots:
-    result = screenshot_latency(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-      with open(args.out, "w") as f:
-        f.write(text + "\n")
-    return result
+    return _emit(screenshot_latency(args), args.out)
 
   loaded = random_model(args.max_len)
   # One reading per image at a fixed length (no glyph-size search, no loop
@@ -204,11 +198,15 @@ def main(argv=None) -> dict:
   result["greedy_throughput"] = throughput
   result["targets"] = {"greedy_p50_ms": 150, f"beam{args.beam}_p50_ms": 500,
                        "greedy_with_scale_search_p50_ms": 300}
+  return _emit(result, args.out)
 
+
+def _emit(result: dict, out: str | None) -> dict:
+  """Prints the result as JSON (and writes it to `out`); returns it."""
   text = json.dumps(result, indent=2)
   print(text)
-  if args.out:
-    with open(args.out, "w") as f:
+  if out:
+    with open(out, "w") as f:
       f.write(text + "\n")
   return result
 
