@@ -12,7 +12,6 @@ go back in time (shared/DESIGN.md).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -86,33 +85,6 @@ def read_exported(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     raw = flax.serialization.msgpack_restore(f.read())
   meta = raw.pop("meta", {})
   return {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}, meta
-
-
-def read_variables(path: str) -> tuple[dict[str, Any], int]:
-  """({'params', 'batch_stats'}, step) of a model, with no optimizer state.
-
-  `path` is an exported model dir or a training workdir (its best checkpoint
-  by the run's own plateau metric, else its latest). The trees are as stored:
-  whatever optimizer the source run used is not needed to read them.
-  """
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.exists(os.path.join(path, EXPORTED_PARAMS)):
-    variables, meta = read_exported(path)
-    return variables, int(meta.get("step", 0))
-  if not os.path.isdir(os.path.join(path, CKPT_DIR)):
-    raise FileNotFoundError(
-        f"{path} is neither an exported model dir ({EXPORTED_PARAMS}) nor a training "
-        f"workdir ({CKPT_DIR}/): give `im2latex-jax export-model` output or a workdir.")
-  metric = "loss"
-  config_path = os.path.join(path, "config.json")
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      metric = json.load(f).get("optim", {}).get("plateau", {}).get("metric", "loss")
-  mngr = make_manager(path, metric, read_only=True)
-  if not mngr.all_steps():
-    raise FileNotFoundError(f"{path}/{CKPT_DIR} holds no checkpoint yet.")
-  step = best_step(mngr, metric) or mngr.latest_step()
-  return restore_variables(mngr, step), int(step)
 
 
 def restore_variables(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import optax
 
 from im2latex_jax import checkpointing
 from im2latex_jax import defaults
+from im2latex_jax import inference
 from im2latex_jax import models
 from im2latex_jax import optim
 from im2latex_jax import sharding
@@ -223,7 +224,9 @@ def load_init_from(state: TrainState, path: str, tx, plateau) -> TrainState:
   Raises ValueError naming the parameters that do not fit (missing, extra or
   of another shape) when `path` holds another network than config.model.
   """
-  stored, step = checkpointing.read_variables(path)
+  # Either kind of dir (a workdir: its best checkpoint), without an optimizer.
+  source = inference.load_model(path)
+  stored, step = source.variables, source.step
   new = {}
   for group in ("params", "batch_stats"):
     want = flax.traverse_util.flatten_dict(getattr(state, group), sep="/")
