@@ -39,10 +39,10 @@ import jax
 import numpy as np
 from PIL import Image
 
+from im2latex_jax import state as state_lib
 from im2latex_jax import defaults
 from im2latex_jax import inference
 from im2latex_jax import predictor as predictor_lib
-from im2latex_jax import train
 from im2latex_jax.data import vocab as vocab_lib
 
 EMBEDDED = os.path.join(os.path.dirname(vocab_lib.__file__), "embedded",
@@ -71,8 +71,8 @@ def random_model(max_len: int) -> inference.LoadedModel:
   config.evals.max_decode_len = max_len
   vocab = vocab_lib.Vocab(list(vocab_lib.SPECIALS) +
                           [f"t{i}" for i in range(VOCAB_SIZE - len(vocab_lib.SPECIALS))])
-  model, tx, plateau = train.build_model_and_optimizer(config, len(vocab))
-  state = jax.jit(train.make_init_fn(model, tx, plateau, config, IMAGE_HW))(jax.random.key(0))
+  model, tx, plateau = state_lib.build_model_and_optimizer(config, len(vocab))
+  state = jax.jit(state_lib.make_init_fn(model, tx, plateau, config, IMAGE_HW))(jax.random.key(0))
   params = jax.tree.map(lambda x: x, state.params)
   # Never end: every sequence decodes exactly max_len tokens.
   bias = params["cell"]["out"]["bias"]

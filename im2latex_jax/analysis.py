@@ -63,13 +63,13 @@ def embedded_input_config(input_cfg: ml_collections.ConfigDict | None = None
 
 def train_fallback_model(workdir: str, steps: int = FALLBACK_STEPS) -> str:
   """Trains quickstart for `steps` steps into `workdir` (resumes if there)."""
-  from im2latex_jax import train  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import train_cli  # pylint: disable=g-import-not-at-top
   config = quickstart_config()
   config.num_train_steps = steps
   config.eval_every_steps = steps
   config.log_every_steps = max(steps // 6, 1)
   config.wandb.mode = "disabled"
-  train.train_and_evaluate(config, workdir)
+  train_cli.train(config, workdir)
   return workdir
 
 
@@ -163,9 +163,7 @@ def vocab_coverage(train_formulas: Sequence[str], eval_formulas: Sequence[str],
 def train_batch_shapes(data, input_cfg: ml_collections.ConfigDict, steps: int,
                        seed: int = 0) -> collections.Counter:
   """Counter of (H, W, T) over the first `steps` batches of the train iterator."""
-  from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  it = input_pipeline.create_train_iterator(data, input_cfg,
-                                            global_batch_size=input_cfg.batch_size, seed=seed)
+  it = data.train_iterator(global_batch_size=input_cfg.batch_size, seed=seed)
   shapes = collections.Counter()
   for _ in range(steps):
     b = next(it)
@@ -259,7 +257,7 @@ def compare(gold: str, prediction: str, image_name: str = "") -> ExampleError:
 
 
 def example_errors(predictions: Iterable[Any]) -> list[ExampleError]:
-  """One ExampleError per evaluators.Prediction (or (name, gold, pred) tuple)."""
+  """One ExampleError per evaluators.DecodedExample (or (name, gold, pred) tuple)."""
   return [compare(p[1], p[2], p[0]) for p in predictions]
 
 

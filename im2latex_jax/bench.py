@@ -28,7 +28,6 @@ Needs neither TensorFlow nor wandb unless the config's loader is 'tfds'.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -42,6 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from im2latex_jax import defaults
+from im2latex_jax import state as state_lib
+from im2latex_jax import steps as steps_lib
+from im2latex_jax.data import core
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "fake_bench.py")
@@ -166,29 +168,17 @@ class ForeignLoad:
 
 # ------------------------------------------------------------------- data
 def _get_data(config):
-  """(batches_by_key, train counts, keys, vocab size, loader iterator factory)."""
-  loader = config.input.get("loader", "tfds")
-  if loader == "tfds":
-    from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-    data = input_pipeline.get_data(config.input)
-    it = input_pipeline.create_train_iterator(data, config.input,
-                                              global_batch_size=config.input.batch_size,
-                                              seed=config.seed)
-    by_key: dict[tuple, dict] = {}
-    for _ in range(200):
-      b = next(it)
-      by_key.setdefault((*b["image"].shape[1:3], b["tokens"].shape[1]), b)
-    return by_key, data.train_counts, data.keys, len(data.vocab)
-  from im2latex_jax.data import shards  # pylint: disable=g-import-not-at-top
-  data = shards.get_data(config.input)
-  bs = config.input.batch_size
-  split = data.splits[data.train_split]
-  by_key = {}
-  for k in shards.active_keys(data.train_counts, bs, 1):
-    a = split.arrays[k]
-    by_key[data.keys.key_shape(k)] = {
-        "image": a["image"][:bs], "image_hw": a["image_hw"][:bs],
-        "tokens": a["tokens"][:bs], "weight": np.ones(bs, np.float32)}
+  """(a batch per step shape, train counts, keys, vocab size) from the config's source."""
+  from im2latex_jax.data import sources  # pylint: disable=g-import-not-at-top
+  data = sources.get_data(config.input)
+  it = data.train_iterator(global_batch_size=config.input.batch_size, seed=config.seed)
+  active = core.active_keys(data.train_counts, config.input.batch_size, 1)
+  by_key: dict[tuple, dict] = {}
+  for _ in range(200 * len(active)):  # until every active key was drawn once
+    b = next(it)
+    by_key.setdefault((*b["image"].shape[1:3], b["tokens"].shape[1]), b)
+    if len(by_key) == len(active):
+      break
   return by_key, data.train_counts, data.keys, len(data.vocab)
 
 
@@ -211,12 +201,11 @@ def cnn_flops(features, batch: int, h: int, w: int) -> dict[str, float]:
 def bench_train(config, by_key, vocab_size, steps: int, peak: float, main_key) -> dict:
   """Per-key step time, compile time, FLOPs; retraces after warm-up."""
   from im2latex_jax import optim  # pylint: disable=g-import-not-at-top
-  from im2latex_jax import train  # pylint: disable=g-import-not-at-top
-  model, tx, plateau = train.build_model_and_optimizer(config, vocab_size)
-  init = train.make_init_fn(model, tx, plateau, config, MAIN_SHAPE)
+  model, tx, plateau = state_lib.build_model_and_optimizer(config, vocab_size)
+  init = state_lib.make_init_fn(model, tx, plateau, config, MAIN_SHAPE)
   state = jax.jit(init)(jax.random.key(config.seed))
   traces = [0]
-  raw = train.make_train_step(model, tx, optim.make_lr_schedule(config.optim),
+  raw = steps_lib.make_train_step(model, tx, optim.make_lr_schedule(config.optim),
                               jax.random.key(1))
 
   def counted(state, batch):
@@ -343,11 +332,11 @@ def _latency_module():
 def bench_input(config, n_batches: int, with_tfdata: bool) -> dict:
   """images/s of the TF-free loader (this config) and of tf.data (embedded data)."""
   from im2latex_jax.data import shards  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.data import sources  # pylint: disable=g-import-not-at-top
   out = {}
   if config.input.get("loader", "tfds") != "tfds":
-    data = shards.get_data(config.input)
-    it = shards.train_iterator(data, global_batch_size=config.input.batch_size,
-                               seed=config.seed)
+    data = sources.get_data(config.input)
+    it = data.train_iterator(global_batch_size=config.input.batch_size, seed=config.seed)
     next(it)
     t = time.perf_counter()
     n = sum(len(next(it)["tokens"]) for _ in range(n_batches))
@@ -366,16 +355,15 @@ def bench_input(config, n_batches: int, with_tfdata: bool) -> dict:
     q = quickstart.get_config()
     q.input.cache = True
     data = input_pipeline.get_data(q.input)
-    it = input_pipeline.create_train_iterator(data, q.input, global_batch_size=16, seed=0)
+    it = data.train_iterator(global_batch_size=16, seed=0)
     for _ in range(20):  # fill the cache and the shuffle buffers
       next(it)
     t = time.perf_counter()
     n = sum(len(next(it)["tokens"]) for _ in range(n_batches))
     out["tfdata_images_per_s"] = n / (time.perf_counter() - t)
     with tempfile.TemporaryDirectory() as d:
-      shards.export(q.input, d)
-      sd = shards.load(d)
-      it = shards.train_iterator(sd, global_batch_size=16, seed=0)
+      input_pipeline.export_shards(q.input, d)
+      it = shards.load(d).train_iterator(global_batch_size=16, seed=0)
       next(it)
       t = time.perf_counter()
       n = sum(len(next(it)["tokens"]) for _ in range(n_batches))
@@ -388,7 +376,6 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
         decode_reps: int = 5, skip_decode: bool = False, with_tfdata: bool = True,
         input_batches: int = 50, rounds: int = 7) -> dict:
   """Runs every measurement; returns the JSON-able result."""
-  from im2latex_jax.data import shards  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   result: dict[str, Any] = {"machine": machine(), "config": {
       "model": config.model.name, "dtype": config.model.dtype,
@@ -405,8 +392,8 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
   main_key = max(by_key, key=lambda k: (k[:2] == MAIN_SHAPE, k[0] * k[1], k[2]))
   if keys == "main":
     by_key = {main_key: by_key[main_key]}
-  result["shapes"] = shards.shapes_per_epoch(key_grid, counts, config.input.batch_size,
-                                             config.seed, jax.process_count())
+  result["shapes"] = core.shapes_per_epoch(key_grid, counts, config.input.batch_size,
+                                           config.seed, jax.process_count())
   train_r, model, state, step = bench_train(config, by_key, vocab_size, steps, peak, main_key)
   result["train"] = train_r
   result["cnn"] = bench_cnn(config, by_key[main_key], steps, peak)

@@ -106,8 +106,8 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   from im2latex_jax import evaluators  # pylint: disable=g-import-not-at-top
   from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
   from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
-  from im2latex_jax import train  # pylint: disable=g-import-not-at-top
-  from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import steps  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.data import sources  # pylint: disable=g-import-not-at-top
 
   if args.image_metrics:
     from im2latex_jax import render  # pylint: disable=g-import-not-at-top
@@ -129,22 +129,22 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
     with config.unlocked():
       config.input.manual_dir = args.manual_dir
 
-  data = input_pipeline.get_data(config.input, vocab=loaded.vocab, need_train=False)
-  limited, leftover = evaluators.limit_split(split, args.max_examples)
-  input_pipeline.check_split(data.builder, split)
+  data = sources.get_data(config.input, vocab=loaded.vocab, need_train=False)
+  if not data.has_split(split):
+    raise UsageError(f"Split {split!r} is not in this dataset (the run's "
+                     f"config.input.loader={config.input.get('loader', 'tfds')!r} source); "
+                     "pass another --split, or --manual-dir with a data dir that has it.")
 
-  def batches(keep_strings):
-    ds, _, _ = input_pipeline.create_eval_dataset(
-        data, config.input, limited, global_batch_size=batch_size,
-        keep_strings=keep_strings)
-    return ds.as_numpy_iterator()
+  def batches(with_strings):
+    return data.eval_batches(split, global_batch_size=batch_size, with_strings=with_strings,
+                             max_examples=args.max_examples)
 
   variables = jax.device_put(loaded.variables, sharding.replicated(mesh))
   decode_fn = inference.make_decode_fn(loaded.model, beam_size=args.beam, max_len=max_len,
                                        length_penalty=length_penalty)
   timings: dict[str, float] = {}
   preds = evaluators.decode_split(decode_fn, variables, loaded.vocab, batches(True), mesh,
-                                  max_examples=leftover, timings=timings)
+                                  max_examples=args.max_examples, timings=timings)
   if not preds:
     raise UsageError(f"Split {split!r} has no example that fits the buckets "
                      f"{config.input.buckets} / token buckets {config.input.token_buckets}.")
@@ -153,11 +153,8 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
 
   # Teacher forcing (the same step as training's evaluation). With a limit
   # that could not become a slice, this covers the whole (sliced) split.
-  state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32),
-                           params=variables["params"],
-                           batch_stats=variables["batch_stats"], opt_state=None, plateau=None)
-  eval_step = jax.jit(train.make_eval_step(loaded.model))
-  loss = train.evaluate_loss(eval_step, state, batches(False), mesh)
+  eval_step = jax.jit(steps.make_eval_step(loaded.model))
+  loss = steps.evaluate_loss(eval_step, variables, batches(False), mesh)
   m.update(loss=loss["loss"], perplexity=loss["perplexity"],
            token_accuracy=loss["token_accuracy"])
 

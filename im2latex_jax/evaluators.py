@@ -1,6 +1,6 @@
 """Decoding evaluation: predictions for a split and im2markup's text metrics.
 
-`decode_split` turns bucketed eval batches into one `Prediction` per real
+`decode_split` turns bucketed eval batches into one `DecodedExample` per real
 example (padding examples, `weight == 0`, are dropped); both the training-time
 `DecodeEvaluator` and `im2latex-jax evaluate` (evaluate.py) use it, so the
 numbers logged during training and the ones of the evaluate command come from
@@ -19,18 +19,17 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 
 from im2latex_jax import inference
 from im2latex_jax import metrics as metrics_lib
 from im2latex_jax import sharding
-from im2latex_jax.data.input_pipeline import limit_split  # pylint: disable=unused-import
+from im2latex_jax.data import core
 
-Batch = dict[str, Any]
+Batch = core.Batch
 PyTree = Any
 
-class Prediction(NamedTuple):
+class DecodedExample(NamedTuple):
   """One decoded example."""
   image_name: str
   gold: str        # the reference formula, as stored in the dataset
@@ -53,7 +52,7 @@ def _text(x) -> str:
 def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterable[Batch],
                  mesh: jax.sharding.Mesh | None = None, *,
                  max_examples: int | None = None,
-                 timings: dict[str, float] | None = None) -> list[Prediction]:
+                 timings: dict[str, float] | None = None) -> list[DecodedExample]:
   """Decodes every real example of `batches` (this host's part).
 
   Args:
@@ -62,8 +61,8 @@ def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterabl
     variables: {'params', 'batch_stats'}; replicated on `mesh` when given,
       else on one device.
     vocab: the run's Vocab.
-    batches: numpy batches with 'formula' and 'image_name' (from
-      `input_pipeline.create_eval_dataset(..., keep_strings=True)`).
+    batches: numpy batches with 'formula' and 'image_name' (a DataSource's
+      `eval_batches(..., with_strings=True)`).
     mesh: split each batch over this mesh's 'data' axis (the batch size must
       be a multiple of its devices); None feeds the arrays as they are.
     max_examples: stop after this many real examples.
@@ -72,9 +71,9 @@ def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterabl
       batch of each image shape, where a compilation may happen).
 
   Returns:
-    One Prediction per example with weight > 0, in batch order.
+    One DecodedExample per example with weight > 0, in batch order.
   """
-  out: list[Prediction] = []
+  out: list[DecodedExample] = []
   seen_shapes: set[tuple[int, ...]] = set()
   total = first = 0.0
   first_examples = 0
@@ -97,7 +96,7 @@ def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterabl
       first_examples += int(np.sum(np.asarray(batch["weight"]) > 0))
     predictions = inference.ids_to_strings(vocab, tokens)
     for i in np.flatnonzero(np.asarray(batch["weight"]) > 0):
-      out.append(Prediction(_text(batch["image_name"][i]), _text(batch["formula"][i]),
+      out.append(DecodedExample(_text(batch["image_name"][i]), _text(batch["formula"][i]),
                             predictions[i], float(logprobs[i])))
   if max_examples is not None:
     out = out[:max_examples]
@@ -107,7 +106,7 @@ def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterabl
   return out
 
 
-def text_metrics(predictions: list[Prediction]) -> dict[str, float]:
+def text_metrics(predictions: list[DecodedExample]) -> dict[str, float]:
   """{'bleu4' (0..100), 'edit_accuracy' (0..1), 'exact_match' (0..1)}."""
   return metrics_lib.text_metrics([p.gold for p in predictions],
                                   [p.prediction for p in predictions])
@@ -116,41 +115,33 @@ def text_metrics(predictions: list[Prediction]) -> dict[str, float]:
 class DecodeEvaluator:
   """Greedy decoding of the first examples of the eval split during training.
 
-  Built once per training run: the dataset and the jitted decode function are
-  made here, so each `run` reuses the compiled programs (one per bucket shape).
+  The trainer hands it plain functions: `decode_fn` (jitted once, so each run
+  reuses the compiled programs, one per bucket shape) and `batches_fn`, which
+  returns the split's batches with formula strings (any DataSource).
   """
 
-  def __init__(self, model, vocab, data, config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh):
-    from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  def __init__(self, decode_fn: Callable, vocab, batches_fn: Callable[[], Iterable[Batch]],
+               mesh: jax.sharding.Mesh, *, max_examples: int | None = None):
+    self.decode_fn = decode_fn
     self.vocab = vocab
+    self.batches_fn = batches_fn
     self.mesh = mesh
-    self.max_examples = config.evals.decode_max_examples
-    split, self._leftover = limit_split(config.input.eval_split, self.max_examples)
-    sharding.check_batch_size(config.input.eval_batch_size, mesh,
-                              "config.input.eval_batch_size")
-    self.dataset, _, _ = input_pipeline.create_eval_dataset(
-        data, config.input, split, global_batch_size=config.input.eval_batch_size,
-        keep_strings=True)
-    self.decode_fn = inference.make_decode_fn(model, beam_size=1,
-                                              max_len=config.evals.max_decode_len)
-    self.last_predictions: list[Prediction] = []
+    self.max_examples = max_examples
+    self.last_predictions: list[DecodedExample] = []
 
-  def run(self, state) -> dict[str, float]:
-    """Text metrics of greedy decoding with the state's parameters.
+  def run(self, variables: PyTree) -> dict[str, float]:
+    """Text metrics of greedy decoding with these parameters.
 
     Args:
-      state: a train.TrainState replicated on the mesh.
+      variables: {'params', 'batch_stats'} replicated on the mesh.
 
     Returns:
       {'bleu4', 'edit_accuracy', 'exact_match', 'decode_examples',
       'decode_seconds'}.
     """
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
     timings: dict[str, float] = {}
-    preds = decode_split(self.decode_fn, variables, self.vocab,
-                         self.dataset.as_numpy_iterator(), self.mesh,
-                         max_examples=self._leftover, timings=timings)
+    preds = decode_split(self.decode_fn, variables, self.vocab, self.batches_fn(), self.mesh,
+                         max_examples=self.max_examples, timings=timings)
     self.last_predictions = preds
     out = text_metrics(preds)
     out.update(decode_examples=float(len(preds)), decode_seconds=timings["decode_seconds"])

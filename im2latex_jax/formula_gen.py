@@ -36,6 +36,8 @@ import string
 import sys
 from typing import Sequence
 
+from im2latex_jax.data import layout
+
 # Commands taking several brace arguments; the kind of their i-th group is
 # (command, i). Any other command's first group is (command, 0).
 _ARITY = {'\\frac': 2, '\\dfrac': 2, '\\tfrac': 2, '\\binom': 2,
@@ -307,24 +309,15 @@ def generate_formulas(train_formulas: list[str], n: int,
 
 def read_split_formulas(formulas_path: str, split_lists: Sequence[str]
                         ) -> list[str]:
-  """Formulas of the examples in im2markup split lists (`name index`)."""
-  with open(formulas_path, encoding='utf-8', newline='\n') as f:
-    lines = f.read().split('\n')
+  """Formulas of the examples in im2markup split lists (`name index`), each
+  once, in list order; read by data/layout.py (the one reader of the format)."""
+  lines = layout.read_formulas(formulas_path)
   out, seen = [], set()
   for path in split_lists:
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        parts = line.split()
-        if len(parts) < 2:
-          continue
-        idx = int(parts[1])
-        if idx >= len(lines):
-          raise ValueError(f'{path}: formula index {idx} is past the end of '
-                           f'{formulas_path} ({len(lines)} lines); pass the '
-                           'formulas file that matches this split list')
-        if idx not in seen and lines[idx].strip():
-          seen.add(idx)
-          out.append(lines[idx].strip())
+    for _, idx in layout.read_split_list(path, len(lines)):
+      if idx not in seen and lines[idx].strip():
+        seen.add(idx)
+        out.append(lines[idx].strip())
   return out
 
 
@@ -343,7 +336,11 @@ def main(argv: Sequence[str]) -> int:
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', required=True, help='output file, one a line')
   args = p.parse_args(list(argv)[1:])
-  train = read_split_formulas(args.formulas, args.split_list)
+  try:
+    train = read_split_formulas(args.formulas, args.split_list)
+  except (OSError, layout.DataFormatError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   if not train:
     print(f'no formulas found through {args.split_list}', file=sys.stderr)
     return 1

@@ -173,7 +173,6 @@ def image_metrics(references: Sequence[str],
     raise ValueError(f'{len(references)} references but {len(hypotheses)} '
                      'hypotheses; pass one (or None) per reference.')
   render.check_tex()
-  n = len(references)
   # Gold and prediction interleaved, so that the failing predictions (which
   # cost a recompile of their chunk) are spread over all workers.
   pairs = [x for ref, hyp in zip(references, hypotheses) for x in (ref, hyp or '')]

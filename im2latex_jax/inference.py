@@ -8,8 +8,6 @@ vocabulary is always the one saved with the run.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import os
 from typing import Any
 
@@ -21,11 +19,12 @@ import numpy as np
 from im2latex_jax import checkpointing
 from im2latex_jax import decode
 from im2latex_jax import models
+from im2latex_jax import workdir as workdir_lib
 from im2latex_jax.data import vocab as vocab_lib
 
 
-class WorkdirError(ValueError):
-  """A workdir that has no usable model."""
+WorkdirError = workdir_lib.WorkdirError
+load_config = workdir_lib.load_config
 
 
 @dataclasses.dataclass
@@ -36,16 +35,6 @@ class LoadedModel:
   config: ml_collections.ConfigDict
   step: int
   model_id: str
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise WorkdirError(
-        f"{workdir} has no config.json: it is not the workdir of a training run. "
-        "Train one with `im2latex-jax train --config configs/quickstart.py --workdir W`.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 EXPORTED_PARAMS = checkpointing.EXPORTED_PARAMS
@@ -61,7 +50,7 @@ def load_model(workdir: str, step: int | str = "best") -> LoadedModel:
   if not os.path.isdir(workdir):
     raise WorkdirError(f"Workdir {workdir} does not exist.")
   config = load_config(workdir)
-  vocab = vocab_lib.Vocab.load(os.path.join(workdir, vocab_lib.VOCAB_FILENAME))
+  vocab = vocab_lib.Vocab.load(os.path.join(workdir, workdir_lib.VOCAB))
   if os.path.exists(os.path.join(workdir, EXPORTED_PARAMS)):
     return _load_exported(workdir, config, vocab)
   metric = config.optim.plateau.metric
@@ -170,8 +159,7 @@ def export_model(workdir: str, out_dir: str, step: int | str = "best",
   meta = {"step": lm.step, "model_id": lm.model_id, "dtype": dtype, **(extra_meta or {})}
   with open(os.path.join(out_dir, EXPORTED_PARAMS), "wb") as f:
     f.write(flax.serialization.msgpack_serialize({**cast, "meta": meta}))
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    f.write(lm.config.to_json_best_effort(indent=2, sort_keys=True))
+  workdir_lib.write_config(out_dir, lm.config)
   lm.vocab.save(os.path.join(out_dir, vocab_lib.VOCAB_FILENAME))
   return out_dir
 

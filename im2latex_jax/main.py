@@ -38,7 +38,7 @@ COMMANDS = {
     "bench": ("im2latex_jax.bench", "main"),
     "export-model": ("im2latex_jax.inference", "export_main"),
     "merge-data": ("im2latex_jax.data.merge", "main"),
-    "shards": ("im2latex_jax.data.shards", "main"),
+    "shards": ("im2latex_jax.train_cli", "shards_main"),
 }
 
 

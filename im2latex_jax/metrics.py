@@ -103,14 +103,6 @@ def exact_match(references: Sequence[str], hypotheses: Hypotheses) -> float:
   return hits / len(references)
 
 
-def perplexity(sum_neg_logprob: float, num_tokens: float) -> float:
-  """`exp(Σ -log p / #tokens)`; natural-log probabilities summed over tokens."""
-  if num_tokens <= 0:
-    raise ValueError(f'num_tokens={num_tokens}: perplexity needs at least '
-                     'one target token.')
-  return math.exp(sum_neg_logprob / num_tokens)
-
-
 def text_metrics(references: Sequence[str], hypotheses: Hypotheses) -> dict:
   """{'bleu4' (0..100), 'edit_accuracy' (0..1), 'exact_match' (0..1)}."""
   return {

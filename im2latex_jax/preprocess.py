@@ -28,14 +28,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-# im2markup's buckets after its x2 downsampling, (H, W), in im2markup's order:
-# an image goes to the *first* bucket that holds it, as in its
-# `pad_group_image`, which is not always the one of smallest area.
-DEFAULT_BUCKETS: tuple[tuple[int, int], ...] = (
-    (50, 120), (40, 160), (40, 200), (50, 200), (40, 240), (50, 240),
-    (40, 280), (50, 280), (40, 320), (50, 320), (40, 360), (50, 360),
-    (60, 360), (100, 360), (50, 400), (160, 400), (100, 500), (200, 500),
-    (100, 600), (100, 800), (800, 800))
+from im2latex_jax.data import buckets as buckets_lib
+
+# The training grid of the shipped configs (data/buckets.py, by area).
+DEFAULT_BUCKETS = buckets_lib.IM2MARKUP_BUCKETS
 
 # Margin around the ink in px. Measured on 1,000 processed dataset images: the
 # bounding box of pixels < INK_THRESHOLD starts at (4, 4) in every one, and
@@ -346,15 +342,6 @@ def _resize(g: np.ndarray, scale: float) -> np.ndarray:
   return np.asarray(im.resize(size, Image.LANCZOS), dtype=np.float32)
 
 
-def smallest_bucket(h: int, w: int, buckets: Sequence[tuple[int, int]]
-                    ) -> tuple[int, int] | None:
-  """First bucket (in list order, as im2markup) holding an h x w image."""
-  for bh, bw in buckets:
-    if h <= bh and w <= bw:
-      return (bh, bw)
-  return None
-
-
 def normalize_image(image: np.ndarray | Image.Image, *,
                     buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
                     target_glyph_height: float | None = None,
@@ -643,7 +630,7 @@ def place(ink: np.ndarray, scale: float,
     g = g[box[0]:box[2], box[1]:box[3]]
 
   h, w = g.shape
-  bucket = smallest_bucket(h + 2 * MARGIN, w + 2 * MARGIN, buckets)
+  bucket = buckets_lib.first_fit(h + 2 * MARGIN, w + 2 * MARGIN, buckets)
   if bucket is None and overflow:
     bucket = overflow_canvas(h + 2 * MARGIN, w + 2 * MARGIN)
     if bucket is None:

@@ -419,7 +419,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                       help='text file, one formula per line')
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--split', default='train',
-                      help='split name in im2latex_<split>_filter.lst')
+                      help='train, validation or test (written as data/layout.py names its list)')
   parser.add_argument('--font-package', default=None,
                       help='LaTeX package loaded after the template, e.g. '
                       'lmodern, mathptmx')

@@ -1,4 +1,10 @@
-"""`im2latex-jax train --config FILE[:arg] --workdir DIR [--config.a.b=v ...]`.
+"""The training commands: the only importer of train.py.
+
+  im2latex-jax train --config FILE[:arg] --workdir DIR [--config.a.b=v ...]
+  im2latex-jax shards export --config FILE[:arg] --out DIR [--splits a,b] [--max_examples N]
+  im2latex-jax shards train --config FILE[:arg] --shards DIR --workdir W [--config.a.b=v ...]
+
+`train(config, workdir)` is the same for Python callers (notebooks).
 
 The console shows this project's lines (config, data keys, progress with loss
 and ETA, evaluations) and every library's warnings and errors; the libraries'
@@ -45,16 +51,21 @@ def quiet_library_info() -> None:
     handler.addFilter(ProjectInfoFilter())
 
 
+def train(config, workdir: str) -> dict:
+  """Runs train.train_and_evaluate (for notebooks and scripts)."""
+  from im2latex_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  return train_lib.train_and_evaluate(config, workdir)
+
+
 def _main(argv):
   del argv
   if not _VERBOSE.value:
     quiet_library_info()
   from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
-  from im2latex_jax import train  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
   logging.info("Config:\n%s", _CONFIG.value)
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Expected user errors: one clear line, no stack trace.
     logging.error("%s", e)
@@ -81,3 +92,56 @@ def main(argv: list[str]) -> int:
                      "`python -c \"import runpy; print(runpy.run_path('CONFIG')['get_config']())\"`.\n")
     return 2
   return rc
+
+
+SHARDS_USAGE = """usage:
+  im2latex-jax shards export --config CONFIG[:arg] --out DIR
+      [--splits train,validation] [--max_examples N] [--config.x=y ...]
+  im2latex-jax shards train --config CONFIG[:arg] --shards DIR --workdir W [--config.x=y ...]
+"""
+
+
+def shards_main(argv: list[str]) -> int:
+  """`im2latex-jax shards export|train`: write numpy shards (needs TensorFlow),
+  or train from them (needs neither TensorFlow nor wandb)."""
+  if len(argv) < 2 or argv[1] not in ("export", "train"):
+    sys.stderr.write(SHARDS_USAGE)
+    return 2
+  cmd, rest = argv[1], [f"{argv[0]} {argv[1]}"] + argv[2:]
+  if cmd == "train":
+    # `train` with the shards loader: the same flags, plus --shards.
+    shards_dir = [a.split("=", 1)[1] for a in rest if a.startswith("--shards=")]
+    for i, a in enumerate(rest):
+      if a == "--shards" and i + 1 < len(rest):
+        shards_dir.append(rest[i + 1])
+    if not shards_dir:
+      sys.stderr.write("error: --shards DIR is required.\n" + SHARDS_USAGE)
+      return 2
+    rest = [a for i, a in enumerate(rest) if not (
+        a.startswith("--shards=") or a == "--shards" or (i and rest[i - 1] == "--shards"))]
+    return main(rest + ["--config.input.loader=shards",
+                        f"--config.input.shards_dir={os.path.abspath(shards_dir[-1])}"])
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  fv = absl_flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv,
+                                  lock_config=True, sys_argv=rest)
+  for name in ("out", "splits", "max_examples"):
+    absl_flags.DEFINE_string(name, "", name, flag_values=fv)
+  try:
+    fv(rest)
+  except absl_flags.Error as e:
+    sys.stderr.write(f"error: {e}\n" + SHARDS_USAGE)
+    return 2
+  if fv.config is None or not fv.out:
+    sys.stderr.write("error: --config and --out are required.\n" + SHARDS_USAGE)
+    return 2
+  logging.set_verbosity(logging.INFO)
+  from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  splits = tuple(s for s in fv.splits.split(",") if s) or None
+  index = input_pipeline.export_shards(fv.config.input, fv.out, splits,
+                                       int(fv.max_examples) if fv.max_examples else None)
+  for name, s in index["splits"].items():
+    print(f"{name}: {sum(s['counts'][:-1])} examples in {len(s['files'])} keys "
+          f"({s['counts'][-1]} outside the buckets/filter)")
+  print(f"wrote {os.path.abspath(fv.out)}")
+  return 0

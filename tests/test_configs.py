@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 from absl import flags
-import jax
 import ml_collections
 from ml_collections import config_flags
 import pytest

@@ -33,8 +33,8 @@ def test_vocab_load_errors(tmp_path):
 def test_im2markup_buckets():
   assert len(buckets.IM2MARKUP_BUCKETS) == 21
   assert (50, 120) in buckets.IM2MARKUP_BUCKETS and (800, 800) in buckets.IM2MARKUP_BUCKETS
-  assert buckets.smallest_bucket(33, 150, buckets.IM2MARKUP_BUCKETS) == (40, 160)
-  assert buckets.smallest_bucket(900, 10, buckets.IM2MARKUP_BUCKETS) is None
+  assert buckets.first_fit(33, 150, buckets.IM2MARKUP_BUCKETS) == (40, 160)
+  assert buckets.first_fit(900, 10, buckets.IM2MARKUP_BUCKETS) is None
   assert buckets.parse_buckets("40x160,50x120") == ((50, 120), (40, 160))
   with pytest.raises(ValueError, match="HxW"):
     buckets.parse_buckets("40by160")

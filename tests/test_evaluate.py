@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from im2latex_jax.data import core
 from im2latex_jax import evaluate
 from im2latex_jax import evaluators
 from im2latex_jax import inference
@@ -60,12 +61,19 @@ def evaluator(workdir):
   w, _ = workdir
   loaded = inference.load_model(w, "latest")
   mesh = sharding.make_mesh()
-  data = input_pipeline.get_data(loaded.config.input, vocab=loaded.vocab, need_train=False)
-  ev = evaluators.DecodeEvaluator(loaded.model, loaded.vocab, data, loaded.config, mesh)
+  cfg = loaded.config
+  data = input_pipeline.get_data(cfg.input, vocab=loaded.vocab, need_train=False)
+  # As train.py builds it: a decode function and the source's batches.
+  decode_fn = inference.make_decode_fn(loaded.model, beam_size=1,
+                                       max_len=cfg.evals.max_decode_len)
+  ev = evaluators.DecodeEvaluator(
+      decode_fn, loaded.vocab,
+      lambda: data.eval_batches(cfg.input.eval_split,
+                                global_batch_size=cfg.input.eval_batch_size,
+                                with_strings=True, max_examples=DECODE_N),
+      mesh, max_examples=DECODE_N)
   variables = jax.device_put(loaded.variables, sharding.replicated(mesh))
-  state = train.TrainState(step=np.int32(loaded.step), params=variables["params"],
-                           batch_stats=variables["batch_stats"], opt_state=None, plateau=None)
-  return ev, state
+  return ev, variables
 
 
 def _read_tsv(path):
@@ -110,23 +118,23 @@ def test_evaluator_metrics_in_range_and_count(evaluator):
 
 def test_evaluator_never_recompiles(evaluator):
   ev, state = evaluator
-  shapes = {b["image"].shape for b in ev.dataset.as_numpy_iterator()}
+  shapes = {b["image"].shape for b in ev.batches_fn()}
   ev.run(state)
   after_first = ev.decode_fn._cache_size()  # pylint: disable=protected-access
   assert after_first == len(shapes), (after_first, shapes)
   # A second evaluation with new parameter arrays (as after training steps).
-  new_state = state.replace(params=jax.tree.map(lambda x: x * 1.0, state.params))
+  new_state = {**state, "params": jax.tree.map(lambda x: x * 1.0, state["params"])}
   ev.run(new_state)
   ev.run(state)
   assert ev.decode_fn._cache_size() == after_first  # pylint: disable=protected-access
 
 
 def test_limit_split():
-  assert evaluators.limit_split("validation", None) == ("validation", None)
-  assert evaluators.limit_split("validation", 5) == ("validation[:5]", None)
-  assert evaluators.limit_split("validation[7475:]", 200) == ("validation[7475:7675]", None)
-  assert evaluators.limit_split("validation[10:12]", 5) == ("validation[10:12]", None)
-  assert evaluators.limit_split("validation[:50%]", 5) == ("validation[:50%]", 5)
+  assert core.limit_split("validation", None) == ("validation", None)
+  assert core.limit_split("validation", 5) == ("validation[:5]", None)
+  assert core.limit_split("validation[7475:]", 200) == ("validation[7475:7675]", None)
+  assert core.limit_split("validation[10:12]", 5) == ("validation[10:12]", None)
+  assert core.limit_split("validation[:50%]", 5) == ("validation[:50%]", 5)
 
 
 # ------------------------------------------------------------------ CLI ---

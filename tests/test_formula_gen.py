@@ -110,6 +110,18 @@ def test_cli(tmp_path):
   assert all('w' not in f.split() for f in lines)
 
 
+def test_cli_bad_split_list_is_one_line(tmp_path, capsys):
+  formulas = tmp_path / 'formulas.lst'
+  formulas.write_text('a + b\nx\n')
+  split = tmp_path / 'train.lst'
+  split.write_text('img0.png 0\nimg1.png 2\n')  # 2 is one past the end
+  rc = formula_gen.main(['im2latex-jax gen-formulas', '--formulas', str(formulas),
+                         '--split-list', str(split), '--n', '5', '--out', str(tmp_path / 'o')])
+  err = capsys.readouterr().err
+  assert rc == 2 and f'{split}:2: formula index 2 is out of range' in err
+  assert 'Traceback' not in err
+
+
 def test_real_train_split_scale():
   d = _shared()
   if not (d / 'im2latex_train_filter.lst').exists():

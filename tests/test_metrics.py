@@ -76,13 +76,6 @@ def test_exact_match_and_text_metrics():
   assert out['edit_accuracy'] == pytest.approx(1 - 2 / 4)
 
 
-def test_perplexity():
-  assert metrics.perplexity(0.0, 10) == 1.0
-  assert metrics.perplexity(10 * math.log(4), 10) == pytest.approx(4.0)
-  with pytest.raises(ValueError):
-    metrics.perplexity(1.0, 0)
-
-
 def test_length_mismatch_raises():
   with pytest.raises(ValueError, match='1 references but 2 hypotheses'):
     metrics.corpus_bleu(['a'], ['a', 'b'])

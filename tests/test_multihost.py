@@ -81,8 +81,10 @@ def _driver(mode: str, data: str, workdir: str) -> None:
     return out
 
   assert jax.device_count() == 8, jax.devices()
-  train.train_and_evaluate(cfg, workdir, train_iter=iter(batches("train")),
-                           eval_batches_fn=lambda: batches("eval"), vocab=vocab)
+  from im2latex_jax.data import core  # pylint: disable=g-import-not-at-top
+  data = core.BatchSource(vocab, train=iter(batches("train")),
+                          eval={cfg.input.eval_split: lambda: batches("eval")})
+  train.train_and_evaluate(cfg, workdir, data=data)
 
 
 def _free_port() -> int:

@@ -6,7 +6,6 @@ the whole file takes a few minutes on 2 CPU cores.
 """
 
 import importlib.util
-import os
 import pathlib
 import time
 

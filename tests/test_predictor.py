@@ -25,6 +25,7 @@ from conftest_serve import encode, running_server
 from im2latex_jax import predictor as predictor_lib
 from im2latex_jax import preprocess
 from im2latex_jax import train
+from im2latex_jax.data import core
 from im2latex_jax.data import vocab as vocab_lib
 from im2latex_jax.serve import app as app_lib
 
@@ -59,8 +60,9 @@ def workdir(tmp_path_factory):
   vocab = vocab_lib.Vocab(list(vocab_lib.SPECIALS) + list(TOKENS))
   rng = np.random.default_rng(0)
   eval_batch = next(_batches(vocab, rng, b=16))
-  train.train_and_evaluate(cfg, str(wd), train_iter=_batches(vocab, rng), vocab=vocab,
-                           eval_batches_fn=lambda: [eval_batch])
+  data = core.BatchSource(vocab, train=_batches(vocab, rng),
+                         eval={cfg.input.eval_split: lambda: [eval_batch]})
+  train.train_and_evaluate(cfg, str(wd), data=data)
   return str(wd)
 
 

@@ -13,6 +13,8 @@ from PIL import Image
 import pytest
 
 from im2latex_jax import preprocess
+from im2latex_jax.data import buckets as buckets_lib
+from im2latex_jax.data import processing
 
 FIXTURES = sorted(
     (pathlib.Path(__file__).parent / 'fixtures' / 'images').glob('*.png'))
@@ -172,12 +174,20 @@ def test_target_glyph_height_scales_output():
   assert abs(w2 - 2 * w) <= 4
 
 
-def test_buckets_follow_im2markup_order():
-  assert preprocess.smallest_bucket(30, 100, preprocess.DEFAULT_BUCKETS) == (
-      50, 120)
-  assert preprocess.smallest_bucket(30, 130, preprocess.DEFAULT_BUCKETS) == (
-      40, 160)
-  assert preprocess.smallest_bucket(900, 10, preprocess.DEFAULT_BUCKETS) is None
+def test_one_bucket_rule_two_orders():
+  """first_fit on the area-sorted grid (training, inference) and on
+  im2markup's own order (dataset processing) differ where im2markup's list is
+  not sorted by area: a 200x800 (H x W) page goes to 200x1000 by area
+  (200,000 px), to 320x800 (256,000 px) in im2markup's order."""
+  grid = preprocess.DEFAULT_BUCKETS
+  assert grid == buckets_lib.IM2MARKUP_BUCKETS
+  assert buckets_lib.first_fit(30, 100, grid) == (50, 120)   # 6,000 px
+  assert buckets_lib.first_fit(30, 130, grid) == (40, 160)   # 6,400 px
+  assert buckets_lib.first_fit(100, 400, grid) == (100, 500)
+  assert buckets_lib.first_fit(900, 10, grid) is None
+  assert buckets_lib.first_fit(200 // 2, 800 // 2, grid) == (100, 500)
+  assert processing.smallest_bucket_wh(800, 200) == (800, 320)
+  assert processing.smallest_bucket_wh(410, 100) == (480, 100)
 
 
 def test_solid_ink_fraction_separates_half_scale():

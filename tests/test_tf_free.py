@@ -4,7 +4,8 @@ The parent process (TensorFlow installed) exports the embedded data to numpy
 shards and records what tf.data gives; a subprocess in which `import
 tensorflow` raises reads the shards and must see the same step shapes (the
 shared key schedule), the same evaluation batches and the same loss, and must
-run `train_and_evaluate` from `config.input.loader='shards'`.
+run `train_and_evaluate` from `config.input.loader='shards'`, decoding
+evaluation included (the shards carry the formula strings).
 """
 
 import json
@@ -15,6 +16,7 @@ import sys
 
 import numpy as np
 
+from im2latex_jax.data import core
 from im2latex_jax.data import input_pipeline
 from im2latex_jax.data import shards
 
@@ -24,11 +26,13 @@ NUM_STEPS = 10
 # Shared by parent and child: the loss of one train step from a fixed init.
 STEP_CODE = '''
 import jax, numpy as np
-from im2latex_jax import optim, train
+from im2latex_jax import optim
+from im2latex_jax import state as state_lib
+from im2latex_jax import steps as steps_lib
 def step_loss(cfg, vocab_size, batch):
-  model, tx, plateau = train.build_model_and_optimizer(cfg, vocab_size)
-  state = jax.jit(train.make_init_fn(model, tx, plateau, cfg, (32, 128)))(jax.random.key(0))
-  step = jax.jit(train.make_train_step(model, tx, optim.make_lr_schedule(cfg.optim),
+  model, tx, plateau = state_lib.build_model_and_optimizer(cfg, vocab_size)
+  state = jax.jit(state_lib.make_init_fn(model, tx, plateau, cfg, (32, 128)))(jax.random.key(0))
+  step = jax.jit(steps_lib.make_train_step(model, tx, optim.make_lr_schedule(cfg.optim),
                                        jax.random.key(1)))
   _, m = step(state, {k: np.asarray(v) for k, v in batch.items()})
   return float(m["loss_sum"]), float(m["tokens"])
@@ -48,9 +52,11 @@ from im2latex_jax.data import shards
 from im2latex_jax import train
 ''' + STEP_CODE + '''
 d = shards.load(os.environ["SHARDS"])
-it = shards.train_iterator(d, global_batch_size=8, seed=3)
+it = d.train_iterator(global_batch_size=8, seed=3)
 shapes = [[*b["image"].shape[1:3], b["tokens"].shape[1]] for b in (next(it) for _ in range(%d))]
-eval0 = next(shards.eval_batches(d, "validation", global_batch_size=16))
+eval0 = next(iter(d.eval_batches("validation", global_batch_size=16, with_strings=True)))
+eval0_formulas = [str(f) for f in eval0.pop("formula")]
+eval0.pop("image_name")
 cfg = tiny_config()
 # The shards were exported with the quickstart grid (the embedded_data fixture).
 cfg.input.buckets = 'im2markup'
@@ -63,10 +69,16 @@ cfg.num_train_steps = 2
 cfg.log_every_steps = 1
 cfg.eval_every_steps = 2
 cfg.eval_max_examples = 16
+cfg.evals.decode_every_steps = 2
+cfg.evals.decode_max_examples = 16
+cfg.evals.max_decode_len = 8
 final = train.train_and_evaluate(cfg, tempfile.mkdtemp())
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets", "wandb"))
 print("RESULT " + json.dumps({"shapes": shapes, "loss": loss, "eval_tokens": eval0["tokens"].tolist(),
                               "final_step": final["step"], "final_loss": final.get("loss"),
+                              "eval_formulas": eval0_formulas,
+                              "decode_examples": final.get("decode_examples"),
+                              "bleu4": final.get("bleu4"),
                               "tf_modules": bad}))
 ''' % NUM_STEPS
 
@@ -74,7 +86,7 @@ print("RESULT " + json.dumps({"shapes": shapes, "loss": loss, "eval_tokens": eva
 def test_train_from_shards_without_tensorflow(embedded_data, tmp_path):
   cfg, data = embedded_data
   out = tmp_path / "shards"
-  index = shards.export(cfg.input, str(out))
+  index = input_pipeline.export_shards(cfg.input, str(out))
   assert index["splits"]["train"]["counts"] == data.train_counts.tolist()
 
   # What tf.data gives on the same examples.
@@ -82,8 +94,10 @@ def test_train_from_shards_without_tensorflow(embedded_data, tmp_path):
   want_shapes = [[*b["image"].shape[1:3], b["tokens"].shape[1]]
                  for b in (next(it) for _ in range(NUM_STEPS))]
   ds, _, _ = input_pipeline.create_eval_dataset(data, cfg.input, "validation",
-                                                global_batch_size=16)
+                                                global_batch_size=16, keep_strings=True)
   eval0 = next(ds.as_numpy_iterator())
+  want_formulas = [f.decode() for f in eval0.pop("formula")]
+  eval0.pop("image_name")
   ns = {}
   exec(STEP_CODE, ns)  # pylint: disable=exec-used
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
@@ -107,15 +121,19 @@ def test_train_from_shards_without_tensorflow(embedded_data, tmp_path):
   np.testing.assert_array_equal(np.array(got["eval_tokens"]), eval0["tokens"])
   np.testing.assert_allclose(got["loss"], want_loss, rtol=1e-5)
   assert got["final_step"] == 2 and np.isfinite(got["final_loss"])
+  # The formula strings travel with the shards (padding rows are ''), so the
+  # decoding evaluator ran on the shards source.
+  assert got["eval_formulas"] == want_formulas
+  assert got["decode_examples"] == 16 and 0 <= got["bleu4"] <= 100
 
 
 def test_key_schedule_is_a_function_of_seed_and_step():
   w = np.array([5.0, 1.0, 3.0])
-  full = shards.key_schedule(7, w, 0, 10_000)
-  np.testing.assert_array_equal(shards.key_schedule(7, w, 4_000, 500), full[4_000:4_500])
-  assert not np.array_equal(shards.key_schedule(8, w, 0, 10_000), full)
+  full = core.key_schedule(7, w, 0, 10_000)
+  np.testing.assert_array_equal(core.key_schedule(7, w, 4_000, 500), full[4_000:4_500])
+  assert not np.array_equal(core.key_schedule(8, w, 0, 10_000), full)
   np.testing.assert_allclose(np.bincount(full) / len(full), w / w.sum(), atol=0.02)
-  np.testing.assert_array_equal(shards.consumed_per_key(7, w, 9_000),
+  np.testing.assert_array_equal(core.consumed_per_key(7, w, 9_000),
                                 np.bincount(full[:9_000], minlength=3))
 
 
@@ -124,9 +142,9 @@ def test_shard_loader_resumes_exactly():
   cfg = fake_bench.get_config()
   cfg.input.fake.examples_per_key = 40
   d = shards.get_data(cfg.input)
-  full = shards.train_iterator(d, global_batch_size=16, seed=1)
+  full = d.train_iterator(global_batch_size=16, seed=1)
   batches = [next(full) for _ in range(12)]
-  resumed = shards.train_iterator(d, global_batch_size=16, seed=1, start_step=7)
+  resumed = d.train_iterator(global_batch_size=16, seed=1, start_step=7)
   for want in batches[7:]:
     got = next(resumed)
     np.testing.assert_array_equal(got["tokens"], want["tokens"])

@@ -1,18 +1,17 @@
 """The train step: sharded == single device, overfitting, no retrace, plateau."""
 
-import functools
 
 import chex
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
-import optax
 import pytest
 
+from im2latex_jax import state as state_lib
+from im2latex_jax import steps as steps_lib
 from im2latex_jax import optim
 from im2latex_jax import sharding
-from im2latex_jax import train
 from im2latex_jax.data import vocab as vocab_lib
 
 from conftest import tiny_config
@@ -34,12 +33,12 @@ def _batch(rng, b=8, h=40, w=160, t=9):
 
 
 def _setup(cfg, mesh):
-  model, tx, plateau = train.build_model_and_optimizer(cfg, V)
+  model, tx, plateau = state_lib.build_model_and_optimizer(cfg, V)
   lr_fn = optim.make_lr_schedule(cfg.optim)
   repl = NamedSharding(mesh, P())
-  init = train.make_init_fn(model, tx, plateau, cfg, (40, 160))
+  init = state_lib.make_init_fn(model, tx, plateau, cfg, (40, 160))
   state = jax.jit(init, out_shardings=repl)(jax.random.key(0))
-  step = jax.jit(train.make_train_step(model, tx, lr_fn, jax.random.key(1)),
+  step = jax.jit(steps_lib.make_train_step(model, tx, lr_fn, jax.random.key(1)),
                  in_shardings=(repl, NamedSharding(mesh, P("data"))),
                  out_shardings=(repl, repl))
   return state, step
@@ -103,21 +102,21 @@ def test_padding_examples_do_not_change_loss():
   cfg = tiny_config()
   mesh = sharding.make_mesh()
   state, _ = _setup(cfg, mesh)
-  model, _, _ = train.build_model_and_optimizer(cfg, V)
-  eval_step = jax.jit(train.make_eval_step(model))
+  model, _, _ = state_lib.build_model_and_optimizer(cfg, V)
+  eval_step = jax.jit(steps_lib.make_eval_step(model))
   batch = _batch(np.random.default_rng(4))
   padded = jax.tree.map(lambda x: x.copy(), batch)
   padded["weight"][4:] = 0.0
   padded["tokens"][4:] = np.random.default_rng(5).integers(0, V, padded["tokens"][4:].shape)
   half = jax.tree.map(lambda x: x[:4], batch)
-  a = eval_step(state, padded)
-  b = eval_step(state, half)
+  a = eval_step(state.variables, padded)
+  b = eval_step(state.variables, half)
   np.testing.assert_allclose(a["loss_sum"], b["loss_sum"], rtol=1e-5)
   assert float(a["tokens"]) == float(b["tokens"])
   # Tokens after EOS (PAD) carry no weight either.
   junk = jax.tree.map(lambda x: x.copy(), half)
   eos = np.argmax(junk["tokens"] == vocab_lib.EOS, axis=1)
-  c = eval_step(state, junk)
+  c = eval_step(state.variables, junk)
   np.testing.assert_allclose(c["loss_sum"], b["loss_sum"], rtol=1e-6)
   assert int(eos.min()) > 0
 
@@ -125,11 +124,11 @@ def test_padding_examples_do_not_change_loss():
 def test_step_traces_once_per_shape():
   cfg = tiny_config()
   mesh = sharding.make_mesh()
-  model, tx, plateau = train.build_model_and_optimizer(cfg, V)
+  model, tx, plateau = state_lib.build_model_and_optimizer(cfg, V)
   repl = NamedSharding(mesh, P())
-  state = jax.jit(train.make_init_fn(model, tx, plateau, cfg, (40, 160)),
+  state = jax.jit(state_lib.make_init_fn(model, tx, plateau, cfg, (40, 160)),
                   out_shardings=repl)(jax.random.key(0))
-  raw = train.make_train_step(model, tx, optim.make_lr_schedule(cfg.optim), jax.random.key(1))
+  raw = steps_lib.make_train_step(model, tx, optim.make_lr_schedule(cfg.optim), jax.random.key(1))
   step = jax.jit(chex.assert_max_traces(raw, n=2))
   rng = np.random.default_rng(6)
   for i in range(6):

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from im2latex_jax import state as state_lib
 from im2latex_jax import inference
 from im2latex_jax import train
 from im2latex_jax import writers
@@ -54,8 +55,8 @@ def test_resume_continues_exactly(tfds_dir, tmp_path):
     lm = inference.load_model(w, "latest")
     assert lm.step == 6
     mngr = checkpointing.make_manager(w, read_only=True)
-    model, tx, plateau = train.build_model_and_optimizer(lm.config, len(lm.vocab))
-    abstract = jax.eval_shape(train.make_init_fn(model, tx, plateau, lm.config, (32, 128)),
+    model, tx, plateau = state_lib.build_model_and_optimizer(lm.config, len(lm.vocab))
+    abstract = jax.eval_shape(state_lib.make_init_fn(model, tx, plateau, lm.config, (32, 128)),
                               jax.random.key(0))
     states.append(checkpointing.restore(mngr, 6, abstract)[0])
   chex.assert_trees_all_close(states[0].params, states[1].params, rtol=1e-5, atol=1e-7)
@@ -186,11 +187,11 @@ def test_init_from_loads_exactly_the_given_model(tfds_dir, tmp_path):
 
   cfg = _cfg(tfds_dir, 3)
   cfg.seed = 7  # another initialization, so equality below means "loaded"
-  model, tx, plateau = train.build_model_and_optimizer(cfg, len(inference.load_model(src).vocab))
-  fresh = train.make_init_fn(model, tx, plateau, cfg, (40, 160))(jax.random.key(7))
+  model, tx, plateau = state_lib.build_model_and_optimizer(cfg, len(inference.load_model(src).vocab))
+  fresh = state_lib.make_init_fn(model, tx, plateau, cfg, (40, 160))(jax.random.key(7))
   assert not np.allclose(jax.tree.leaves(fresh.params)[0], jax.tree.leaves(want["params"])[0])
   for path in (src, exported):  # a workdir (best checkpoint) or an exported dir
-    state = train.load_init_from(fresh, path, tx, plateau)
+    state = state_lib.load_init_from(fresh, path, tx, plateau)
     chex.assert_trees_all_equal(state.params, want["params"])
     chex.assert_trees_all_equal(state.batch_stats, want["batch_stats"])
     assert int(state.step) == 0
@@ -209,15 +210,15 @@ def test_init_from_loads_exactly_the_given_model(tfds_dir, tmp_path):
 
   other = _cfg(tfds_dir, 3)
   other.model.encoder_hidden = 12
-  model2, tx2, plateau2 = train.build_model_and_optimizer(other, len(got.vocab))
-  state2 = train.make_init_fn(model2, tx2, plateau2, other, (40, 160))(jax.random.key(0))
+  model2, tx2, plateau2 = state_lib.build_model_and_optimizer(other, len(got.vocab))
+  state2 = state_lib.make_init_fn(model2, tx2, plateau2, other, (40, 160))(jax.random.key(0))
   with pytest.raises(ValueError, match=r"does not fit config\.model: params/.*is \("):
-    train.load_init_from(state2, exported, tx2, plateau2)
+    state_lib.load_init_from(state2, exported, tx2, plateau2)
 
   # A workdir whose vocabulary is not the source's cannot be continued from it.
   bad = tmp_path / "bad"
   bad.mkdir()
   (bad / "vocab.txt").write_text("<pad>\n<s>\n</s>\n<unk>\nx\n")
   with pytest.raises(ValueError, match="differs from .*vocab.txt") as e:
-    train.init_vocab(cfg, str(bad))
+    state_lib.init_vocab(cfg, str(bad))
   assert "\n" not in str(e.value)

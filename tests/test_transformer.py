@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from im2latex_jax import state as state_lib
+from im2latex_jax import steps as steps_lib
 from im2latex_jax import defaults
 from im2latex_jax import inference
 from im2latex_jax import models
 from im2latex_jax import optim
-from im2latex_jax import train
 from im2latex_jax.data import buckets
 from im2latex_jax.data import vocab as vocab_lib
 
@@ -67,7 +68,7 @@ def test_parameter_count_of_config_file():
   cfg = transformer_config.get_config()
   model = models.get_model(cfg.model, 500)
   variables = jax.eval_shape(lambda: _init(model, 64, 256, 4, 1))
-  n = train.param_count(variables["params"])
+  n = state_lib.param_count(variables["params"])
   print(f"configs/transformer.py, 500-token vocabulary: {n:,} parameters")
   assert 7.0e6 < n < 8.5e6, n
   # Decoding must fit into the KV cache, teacher forcing into the positions.
@@ -178,9 +179,9 @@ def test_train_steps_lower_the_loss():
   cfg.optim.name = "adamw"
   cfg.optim.lr = 3e-3
   cfg.optim.warmup_steps = 0
-  model, tx, plateau = train.build_model_and_optimizer(cfg, V)
-  state = jax.jit(train.make_init_fn(model, tx, plateau, cfg, (40, 160)))(jax.random.key(0))
-  step = jax.jit(train.make_train_step(model, tx, optim.make_lr_schedule(cfg.optim),
+  model, tx, plateau = state_lib.build_model_and_optimizer(cfg, V)
+  state = jax.jit(state_lib.make_init_fn(model, tx, plateau, cfg, (40, 160)))(jax.random.key(0))
+  step = jax.jit(steps_lib.make_train_step(model, tx, optim.make_lr_schedule(cfg.optim),
                                        jax.random.key(1)))
   rng = np.random.default_rng(3)
   tokens = np.zeros((4, 8), np.int32)

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# (W, H) as im2markup's preprocess_images.py lists them, before downsampling.
-_IM2MARKUP_BUCKETS_WH_FULL = (
+# The one bucket table: (W, H) before the x2 downsampling, in the order
+# im2markup's preprocess_images.py lists and tries them (first fit wins).
+IM2MARKUP_BUCKETS_WH: tuple[tuple[int, int], ...] = (
     (240, 100), (320, 80), (400, 80), (400, 100), (480, 80), (480, 100),
     (560, 80), (560, 100), (640, 80), (640, 100), (720, 80), (720, 100),
     (720, 120), (720, 200), (800, 100), (800, 320), (1000, 200), (1000, 400),
     (1200, 200), (1600, 200), (1600, 1600))
 
-# (H, W) of the processed (×2 downsampled) images, sorted by area then width.
-IM2MARKUP_BUCKETS: tuple[tuple[int, int], ...] = tuple(
-    sorted(((h // 2, w // 2) for w, h in _IM2MARKUP_BUCKETS_WH_FULL),
-           key=lambda hw: (hw[0] * hw[1], hw[1])))
+
+def _by_area(pairs):
+  return tuple(sorted(set(pairs), key=lambda hw: (hw[0] * hw[1], hw[1])))
+
+
+# (H, W) of the processed (x2 downsampled) images, sorted by area then width:
+# the training grid, and the canvases inference places images on.
+IM2MARKUP_BUCKETS: tuple[tuple[int, int], ...] = _by_area(
+    (h // 2, w // 2) for w, h in IM2MARKUP_BUCKETS_WH)
 
 Bucket = tuple[int, int]
 
@@ -40,18 +46,18 @@ def parse_buckets(spec) -> tuple[Bucket, ...]:
     pairs = [tuple(int(v) for v in p) for p in spec]
   if not pairs or any(len(p) != 2 or min(p) <= 0 for p in pairs):
     raise ValueError(f"Bad bucket list {spec!r}: need positive (H, W) pairs.")
-  return tuple(sorted(set(pairs), key=lambda hw: (hw[0] * hw[1], hw[1])))
+  return _by_area(pairs)
 
 
-def smallest_bucket(h: int, w: int, buckets: Sequence[Bucket]) -> Bucket | None:
-  """The smallest-area bucket that holds an h×w image, or None."""
-  fits = [b for b in buckets if b[0] >= h and b[1] >= w]
-  if not fits:
-    return None
-  return min(fits, key=lambda hw: (hw[0] * hw[1], hw[1]))
+def first_fit(h: int, w: int, buckets: Sequence[Bucket]) -> Bucket | None:
+  """The first bucket of `buckets`, in their order, that holds an h x w image.
 
-
-def filter_buckets(buckets: Sequence[Bucket], max_h: int,
-                   max_w: int) -> tuple[Bucket, ...]:
-  """Buckets that can hold an image passing the size filter."""
-  return tuple(b for b in buckets if b[0] <= max_h and b[1] <= max_w) or tuple(buckets)
+  The one bucketing rule of the project. On `parse_buckets` lists (sorted by
+  area) it is the smallest-area bucket: the rule of training and inference.
+  On IM2MARKUP_BUCKETS_WH's order (swapped to (H, W)) it is im2markup's own
+  rule, with which data/processing.py reproduces the dataset's images.
+  """
+  for b in buckets:
+    if b[0] >= h and b[1] >= w:
+      return tuple(b)
+  return None

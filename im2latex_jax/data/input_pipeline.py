@@ -19,17 +19,17 @@ Evaluation walks the keys in a fixed order and pads the last batch of each key
 with masked examples (`weight == 0`), so every example counts exactly once and
 the number of batches per key is the same on every host.
 
-TensorFlow is imported lazily; the training loop itself only needs numpy
-batches (see `Batch` in docs/ARCHITECTURE.md).
+`TfdsSource` is this pipeline's core.DataSource; the key grid, key schedule
+and padding rules it applies are data/core.py's, shared with the TF-free
+source (data/shards.py), whose files `export_shards` writes from here.
+TensorFlow is imported lazily.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import os
-import re
 from typing import Any, Iterator
 
 from absl import logging
@@ -37,13 +37,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from im2latex_jax.data import buckets as buckets_lib
+from im2latex_jax.data import core
 from im2latex_jax.data import layout
 from im2latex_jax.data import shards
 from im2latex_jax.data import vocab as vocab_lib
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(__file__), "embedded")
-Batch = dict[str, np.ndarray]
+Batch = core.Batch
 
 
 def _tf():
@@ -104,9 +104,10 @@ def check_split(builder, split: str) -> None:
         "official release; pass one of those or another data dir.")
 
 
-# The (image bucket, token bucket) grid is shared with the TF-free loader.
-Keys = shards.Keys
-make_keys = shards.make_keys
+Keys = core.Keys
+make_keys = core.make_keys
+describe_counts = core.describe_counts
+limit_split = core.limit_split
 
 
 def _png_hw(tf, png):
@@ -203,13 +204,41 @@ def _example_fn(tf, keys: Keys, vocab: vocab_lib.Vocab, key_fn, keep_strings: bo
 
 
 @dataclasses.dataclass
-class Data:
-  """What the trainer needs to know about the data."""
+class TfdsSource:
+  """core.DataSource over the TFDS builder of config.input, through tf.data."""
   builder: Any
   vocab: vocab_lib.Vocab
   keys: Keys
   train_counts: np.ndarray | None   # per key, whole split
   num_train: int
+  cfg: ml_collections.ConfigDict | None = None
+  _eval_cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  def has_split(self, split: str) -> bool:
+    try:
+      check_split(self.builder, split)
+    except ValueError:
+      return False
+    return True
+
+  def train_iterator(self, *, global_batch_size: int, seed: int,
+                     start_step: int = 0) -> Iterator[Batch]:
+    return create_train_iterator(self, self.cfg, global_batch_size=global_batch_size,
+                                 seed=seed, start_step=start_step)
+
+  def eval_batches(self, split: str, *, global_batch_size: int,
+                   with_strings: bool = False, max_examples: int | None = None):
+    # The dataset is built once per request kind: building counts every
+    # host's examples per key, which a re-iteration need not repeat.
+    key = (split, global_batch_size, with_strings, max_examples)
+    if key not in self._eval_cache:
+      self._eval_cache[key] = create_eval_dataset(
+          self, self.cfg, split, global_batch_size=global_batch_size,
+          keep_strings=with_strings, max_examples=max_examples)[0]
+    return self._eval_cache[key].as_numpy_iterator()
+
+
+Data = TfdsSource
 
 
 def _skip_decoding():
@@ -227,13 +256,7 @@ def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
   local_bs = global_batch_size // jax.process_count()
   # A key needs enough examples on every host to fill a batch; rarer keys are
   # dropped (and reported) rather than repeated inside one batch.
-  per_host = counts[:-1] // jax.process_count()
-  active = [k for k in range(keys.num_keys()) if per_host[k] >= local_bs]
-  if not active:
-    raise ValueError(
-        f"No bucket holds {local_bs} training examples per host "
-        f"(counts {dict(enumerate(counts[:-1]))}); lower "
-        "config.input.batch_size or use coarser config.input.token_buckets.")
+  active = core.train_keys(counts, local_bs, jax.process_count())
   skipped = int(counts[:-1].sum() - counts[active].sum())
   logging.info("Training keys: %d active of %d; %d examples filtered, %d in rare keys skipped.",
                len(active), keys.num_keys(), int(counts[-1]), skipped)
@@ -254,16 +277,16 @@ def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
     augment_fn = functools.partial(augment_lib.augment, cfg=cfg.augment)
 
   # One shared, seeded key schedule: step s uses key schedule(s) on every host.
-  # It is numpy (data/shards.py), so the TF-free loader draws the same keys.
+  # It is numpy (data/core.py), so the TF-free source draws the same keys.
   weights = counts[active]
 
   def choice_chunk(steps):
-    return shards.key_schedule(seed, weights, int(steps[0]), len(steps))
+    return core.key_schedule(seed, weights, int(steps[0]), len(steps))
 
   # On resume, each stream skips the batches the first `start_step` steps took
   # from it, so an interrupted run sees exactly the batches of an
   # uninterrupted one (the skip happens before decoding, so it is cheap).
-  consumed = shards.consumed_per_key(seed, weights, start_step)
+  consumed = core.consumed_per_key(seed, weights, start_step)
 
   streams = []
   for i, k in enumerate(active):
@@ -279,36 +302,11 @@ def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
     ds = ds.map(lambda n, ex: {k_: v for k_, v in ex.items() if k_ != "key"})
     streams.append(ds.batch(local_bs, drop_remainder=True))
 
-  choice = tf.data.Dataset.range(start_step, 1 << 62).batch(shards.SCHEDULE_BLOCK).map(
+  choice = tf.data.Dataset.range(start_step, 1 << 62).batch(core.SCHEDULE_BLOCK).map(
       lambda s: tf.reshape(tf.numpy_function(choice_chunk, [s], tf.int64), [-1])).unbatch()
   ds = tf.data.Dataset.choose_from_datasets(streams, choice, stop_on_empty_dataset=True)
   ds = ds.prefetch(cfg.prefetch)
   return ds.as_numpy_iterator()
-
-
-# Integer slices `[a:b]` of a TFDS split that `limit_split` can shorten exactly.
-_INT_SLICE_RE = re.compile(r"^(?P<base>[^\[]+)\[(?P<a>\d*):(?P<b>\d*)\]$")
-
-
-def limit_split(split: str, max_examples: int | None) -> tuple[str, int | None]:
-  """The first `max_examples` examples of `split`, in split order.
-
-  Returns (split, leftover limit): the split rewritten to a TFDS slice when
-  that is exact (a plain split or an integer slice `[a:b]`), else the split
-  unchanged and the limit, which `decode_split` then applies to its output.
-  """
-  if not max_examples:
-    return split, None
-  n = int(max_examples)
-  if "[" not in split:
-    return f"{split}[:{n}]", None
-  m = _INT_SLICE_RE.match(split)
-  if m is None:
-    return split, n
-  a = int(m["a"] or 0)
-  b = a + n if not m["b"] else min(int(m["b"]), a + n)
-  return f"{m['base']}[{a}:{b}]", None
-
 
 
 def create_eval_dataset(data: Data, cfg: ml_collections.ConfigDict, split: str, *,
@@ -341,7 +339,7 @@ def create_eval_dataset(data: Data, cfg: ml_collections.ConfigDict, split: str, 
   per_host = np.stack([count_keys(data.builder, s, keys, max_hw, max_tokens)
                        for s in host_splits])
   mine = per_host[jax.process_index()]
-  n_batches = -(-per_host[:, :-1].max(axis=0) // local_bs)  # ceil
+  n_batches = core.eval_batch_counts(per_host[:, :-1], local_bs)
   if per_host[:, -1].sum():
     logging.warning("%s: %d examples fall outside the buckets/filter and are "
                     "not evaluated.", split, int(per_host[:, -1].sum()))
@@ -382,13 +380,44 @@ def get_data(cfg: ml_collections.ConfigDict, *, vocab: vocab_lib.Vocab | None = 
     max_hw, max_tokens = _filter_args(cfg, train=True)
     counts = count_keys(builder, cfg.train_split, keys, max_hw, max_tokens)
     num_train = int(counts[:-1].sum())
-  return Data(builder=builder, vocab=vocab, keys=keys, train_counts=counts,
-              num_train=num_train)
+  return TfdsSource(builder=builder, vocab=vocab, keys=keys, train_counts=counts,
+                    num_train=num_train, cfg=cfg)
 
 
-def describe_counts(keys: Keys, counts: np.ndarray) -> str:
-  """One line per non-empty key: shape and count (for the log)."""
-  lines = collections.OrderedDict()
-  for k in np.flatnonzero(counts[:-1]):
-    lines[keys.key_shape(int(k))] = int(counts[k])
-  return ", ".join(f"{h}x{w}/T{t}:{n}" for (h, w, t), n in lines.items())
+def export_shards(cfg: ml_collections.ConfigDict, out_dir: str,
+                  splits: tuple[str, ...] | None = None,
+                  max_examples: int | None = None) -> dict:
+  """Writes config.input's splits as a shards dir (data/shards.py's format),
+  with this pipeline's key assignment and encoding.
+
+  Args:
+    cfg: config.input.
+    out_dir: created if missing.
+    splits: default (train_split, eval_split).
+    max_examples: export only the first N examples of each split.
+
+  Returns:
+    the index written to out_dir/index.json.
+  """
+  tf = _tf()
+  data = get_data(cfg, need_train=False)
+  keys = data.keys
+  writer = shards.ShardWriter(out_dir, keys, data.vocab, cfg.train_split)
+  for split in splits or (cfg.train_split, cfg.eval_split):
+    check_split(data.builder, split)
+    sub = split if not max_examples else f"{split}[:{int(max_examples)}]"
+    max_hw, max_tokens = _filter_args(cfg, train=split == cfg.train_split)
+    key_fn = _key_fn(tf, keys, max_hw, max_tokens)
+    example_fn = _example_fn(tf, keys, data.vocab, key_fn, keep_strings=True)
+    ds = data.builder.as_dataset(split=sub, shuffle_files=False, decoders=_skip_decoding())
+    ds = ds.enumerate().map(lambda n, ex: (n, key_fn(ex["image"], ex["formula"]), ex))
+    counts = np.zeros(keys.num_keys() + 1, np.int64)
+    for _, k, _ in ds.map(lambda n, k, ex: (n, k, 0)).as_numpy_iterator():
+      counts[k] += 1  # -1 (dropped) lands in the last slot
+    writer.set_counts(split, counts)
+    ds = ds.filter(lambda n, k, ex: k >= 0).map(
+        lambda n, k, ex: (n, example_fn(ex)), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+    for n, ex in ds.as_numpy_iterator():
+      writer.add(split, int(n), int(ex["key"]), ex)
+  return writer.close()

@@ -25,13 +25,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-# im2markup's buckets *before* the ×2 downsampling, as (W, H), smallest first:
-# the first one that holds the padded crop is used.
-IM2MARKUP_BUCKETS_WH: tuple[tuple[int, int], ...] = (
-    (240, 100), (320, 80), (400, 80), (400, 100), (480, 80), (480, 100),
-    (560, 80), (560, 100), (640, 80), (640, 100), (720, 80), (720, 100),
-    (720, 120), (720, 200), (800, 100), (800, 320), (1000, 200), (1000, 400),
-    (1200, 200), (1600, 200), (1600, 1600))
+from im2latex_jax.data import buckets as buckets_lib
+
+# im2markup's buckets before the x2 downsampling, (W, H), in its order.
+IM2MARKUP_BUCKETS_WH = buckets_lib.IM2MARKUP_BUCKETS_WH
 # Pixels added on each side of the ink box (top, left, bottom, right).
 PAD_SIZE = (8, 8, 8, 8)
 # Size (W, H) used for a page without ink (im2markup's default).
@@ -86,11 +83,9 @@ def crop_to_ink(gray: np.ndarray,
 def smallest_bucket_wh(w: int, h: int,
                        buckets: Sequence[tuple[int, int]] = IM2MARKUP_BUCKETS_WH
                        ) -> tuple[int, int] | None:
-  """First (W, H) bucket with W >= w and H >= h, None if none fits."""
-  for bw, bh in buckets:
-    if w <= bw and h <= bh:
-      return bw, bh
-  return None
+  """First (W, H) bucket with W >= w and H >= h (im2markup's rule), or None."""
+  fit = buckets_lib.first_fit(h, w, [(bh, bw) for bw, bh in buckets])
+  return None if fit is None else (fit[1], fit[0])
 
 
 def pad_to_bucket(crop: np.ndarray,

@@ -13,7 +13,6 @@ import functools
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from im2latex_jax.models import layers
