@@ -23,7 +23,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from im2latex_jax import preprocess
+from im2latex_jax.infer import preprocess
 from im2latex_jax.data import layout
 from im2latex_jax.datagen import engines
 from im2latex_jax.datagen import screens

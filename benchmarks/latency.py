@@ -41,8 +41,8 @@ from PIL import Image
 
 from im2latex_jax import state as state_lib
 from im2latex_jax import defaults
-from im2latex_jax import inference
-from im2latex_jax import predictor as predictor_lib
+from im2latex_jax.infer import inference
+from im2latex_jax.infer import predictor as predictor_lib
 from im2latex_jax.data import vocab as vocab_lib
 
 EMBEDDED = os.path.join(os.path.dirname(vocab_lib.__file__), "embedded",

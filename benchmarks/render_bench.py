@@ -1,6 +1,6 @@
 """Benchmark of the TeX rendering engine on the im2latex-100k validation set.
 
-Renders the 8,475 validation formulas through `im2latex_jax.render` with the
+Renders the 8,475 validation formulas through `im2latex_jax.datagen.render` with the
 'dataset' template and im2markup's processing, and compares them with the
 dataset's own images. Prints formulas/s, the failure rate, and the median
 ratio of the ink box of our processed image to that of the dataset image,
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from im2latex_jax import render  # pylint: disable=g-import-not-at-top
+from im2latex_jax.datagen import render  # pylint: disable=g-import-not-at-top
 from im2latex_jax.data import processing  # pylint: disable=g-import-not-at-top
 
 SHARED = Path(os.environ.get(

@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from im2latex_jax import metrics
+from im2latex_jax.evaluation import metrics
 
 EARLY_THRESHOLDS = (-0.01, -0.02, -0.05, -0.1, -0.2)
 

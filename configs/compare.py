@@ -21,7 +21,7 @@ then the table: `bash results/compare/run.sh mixed workdirs/compare` and
 `python results/compare/table.py`.
 """
 
-from im2latex_jax import augment_config
+from im2latex_jax.datagen import augment_config
 from im2latex_jax import defaults
 
 RECIPES = ("im2markup", "seed", "transformer", "shipped")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import re
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from im2latex_jax import defaults
+from im2latex_jax import workdir as workdir_lib
 
 # Environment variable naming the workdir the notebooks analyse.
 WORKDIR_ENV = "IM2LATEX_WORKDIR"
@@ -81,7 +81,7 @@ def resolve_workdir(*, need_metrics: bool = False, fallback_steps: int = FALLBAC
   model trained for `fallback_steps` steps into a new temporary directory, so
   every notebook runs top to bottom on a fresh checkout.
   """
-  from im2latex_jax import predictor  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.infer import predictor  # pylint: disable=g-import-not-at-top
   env = os.environ.get(WORKDIR_ENV)
   if env:
     if not os.path.isdir(env):
@@ -89,8 +89,8 @@ def resolve_workdir(*, need_metrics: bool = False, fallback_steps: int = FALLBAC
                               "the workdir of a training run or unset it.")
     return env
   shipped = predictor.SHIPPED_MODEL_DIR
-  if os.path.exists(os.path.join(shipped, "config.json")) and (
-      not need_metrics or os.path.exists(os.path.join(shipped, "metrics.jsonl"))):
+  if os.path.exists(os.path.join(shipped, workdir_lib.CONFIG)) and (
+      not need_metrics or os.path.exists(os.path.join(shipped, workdir_lib.METRICS))):
     return shipped
   workdir = tempfile.mkdtemp(prefix="im2latex_notebook_")
   print(f"No ${WORKDIR_ENV} and no shipped model: training quickstart for "
@@ -99,28 +99,7 @@ def resolve_workdir(*, need_metrics: bool = False, fallback_steps: int = FALLBAC
 
 
 # ------------------------------------------------------------- metrics.jsonl
-def read_metrics(workdir_or_path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """metrics.jsonl as {name: (steps [n], values [n])}, sorted by step.
-
-  A resumed run may log a step twice; the last value written wins.
-  """
-  path = workdir_or_path
-  if os.path.isdir(path):
-    path = os.path.join(path, "metrics.jsonl")
-  series: dict[str, dict[int, float]] = collections.defaultdict(dict)
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if not line.strip():
-        continue
-      row = json.loads(line)
-      step = int(row.pop("step"))
-      for k, v in row.items():
-        series[k][step] = float(v)
-  out = {}
-  for k, by_step in series.items():
-    steps = np.array(sorted(by_step), np.int64)
-    out[k] = (steps, np.array([by_step[s] for s in steps], np.float64))
-  return out
+read_metrics = workdir_lib.read_metrics
 
 
 # --------------------------------------------------------------------- data

@@ -38,12 +38,15 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from im2latex_jax import defaults
+from im2latex_jax import models
 from im2latex_jax import state as state_lib
 from im2latex_jax import steps as steps_lib
 from im2latex_jax.data import core
+from im2latex_jax.models import layers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "fake_bench.py")
@@ -291,7 +294,7 @@ def bench_cnn(config, batch, steps: int, peak: float) -> dict:
 # --------------------------------------------------------------- decoding
 def bench_decode(config, model, state, batch, reps: int) -> dict:
   """Latency p50/p95 for one image (greedy, beam 5) and batched greedy images/s."""
-  from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.infer import inference  # pylint: disable=g-import-not-at-top
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   max_len = int(config.evals.max_decode_len)
   out: dict[str, Any] = {"max_len": max_len, "source": "im2latex_jax.bench"}
@@ -374,13 +377,14 @@ def bench_input(config, n_batches: int, with_tfdata: bool) -> dict:
 # ------------------------------------------------------------------- main
 def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
         decode_reps: int = 5, skip_decode: bool = False, with_tfdata: bool = True,
-        input_batches: int = 50, rounds: int = 7) -> dict:
+        input_batches: int = 50, rounds: int = 7, skip_bf16: bool = False) -> dict:
   """Runs every measurement; returns the JSON-able result."""
   t_start = time.perf_counter()
   result: dict[str, Any] = {"machine": machine(), "config": {
       "model": config.model.name, "dtype": config.model.dtype,
       "batch_size": config.input.batch_size, "loader": config.input.get("loader", "tfds"),
-      "cnn_features": list(config.model.cnn_features), "steps": steps}}
+      "cnn_features": list(config.model.cnn_features), "steps": steps,
+      "conv_impl": config.model.get("conv_impl", "auto")}}
   result["peak"] = {"fp32": measure_peak(jnp.float32)}
   if jax.default_backend() != "cpu":
     result["peak"]["bf16"] = measure_peak(jnp.bfloat16)
@@ -411,7 +415,8 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
 
   if not skip_torch:
     result["torch"] = bench_versus_torch(config, by_key[main_key], vocab_size, rounds,
-                                         step, state, model, result["machine"]["loadavg"][0])
+                                         step, state, model, result["machine"]["loadavg"][0],
+                                         skip_bf16=skip_bf16)
   result["input"] = bench_input(config, input_batches, with_tfdata)
   result["machine"]["loadavg_end"] = list(os.getloadavg())
   result["wall_s"] = time.perf_counter() - t_start
@@ -443,33 +448,50 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, model,
-                       start_load: float) -> dict | str:
+                       start_load: float, skip_bf16: bool = False) -> dict | str:
   """JAX vs its PyTorch twin (fp32, and bf16 autocast), timed interleaved.
 
-  Each round runs one train step of every side in turn (JAX, PyTorch fp32,
-  PyTorch bf16), then one batched greedy decode of JAX and PyTorch fp32, so
-  a change of load hits all sides alike; the ratios are per round (PyTorch
-  time / JAX time: > 1 means JAX is faster), reported as median and min-max.
+  Each round runs one train step of every side in turn (JAX, JAX with XLA's
+  own convolution when the config's is im2col, PyTorch fp32, PyTorch bf16),
+  then one batched greedy decode of JAX and PyTorch fp32, so a change of load
+  hits all sides alike; the ratios are per round (other time / JAX time: > 1
+  means JAX is faster), reported as median and min-max.
   """
   try:
     ref = defaults.import_file(os.path.join(REPO, "benchmarks", "torch_reference.py"))
   except ImportError as e:
     return f"skipped: {e}"
-  from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.infer import inference  # pylint: disable=g-import-not-at-top
   m = config.model
   max_len = int(config.evals.max_decode_len)
   kwargs = dict(cnn_features=tuple(m.cnn_features), encoder_hidden=m.encoder_hidden,
                 max_rows=m.max_rows, decoder_hidden=m.decoder_hidden, embed_dim=m.embed_dim)
   torch_fp32, torch_greedy, tmodel = ref.make_steps(batch["image"], batch["tokens"], vocab_size,
                                                     model_kwargs=kwargs, max_len=max_len)
-  torch_bf16, _, _ = ref.make_steps(batch["image"], batch["tokens"], vocab_size,
-                                    model_kwargs=kwargs, bf16=True, max_len=max_len)
+  if not skip_bf16:
+    torch_bf16, _, _ = ref.make_steps(batch["image"], batch["tokens"], vocab_size,
+                                      model_kwargs=kwargs, bf16=True, max_len=max_len)
   dev = jax.device_put(batch)
   holder = {"state": state}
 
   def jax_step():
     holder["state"], metrics = step(holder["state"], dev)
     jax.device_get(metrics)
+
+  # The same step with XLA's direct convolution, when the config uses im2col.
+  xla_conv_step = None
+  if layers.conv_general_dilated(m.get("conv_impl", "auto"), train=True) is layers.im2col_conv:
+    from im2latex_jax import optim  # pylint: disable=g-import-not-at-top
+    xla_model = models.get_model(ml_collections.ConfigDict({**m.to_dict(), "conv_impl": "xla"}),
+                                 vocab_size)
+    _, tx, _ = state_lib.build_model_and_optimizer(config, vocab_size)
+    xla_jit = jax.jit(steps_lib.make_train_step(xla_model, tx, optim.make_lr_schedule(config.optim),
+                                                jax.random.key(1)), donate_argnums=0)
+    holder["xla_state"] = jax.tree.map(jnp.array, state)
+
+    def xla_conv_step():
+      holder["xla_state"], metrics = xla_jit(holder["xla_state"], dev)
+      jax.device_get(metrics)
 
   decode = inference.make_decode_fn(model, beam_size=1, max_len=max_len)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -480,7 +502,12 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
     jax.block_until_ready(decode(variables, dev["image"], dev["image_hw"]))
 
   jax_name = f"jax_{'bf16' if m.dtype == 'bfloat16' else 'fp32'}"
-  train_sides = {jax_name: jax_step, "torch_fp32": torch_fp32, "torch_bf16_autocast": torch_bf16}
+  train_sides = {jax_name: jax_step}
+  if xla_conv_step is not None:
+    train_sides[f"{jax_name}_xla_conv"] = xla_conv_step
+  train_sides["torch_fp32"] = torch_fp32
+  if not skip_bf16:
+    train_sides["torch_bf16_autocast"] = torch_bf16
   greedy_sides = {jax_name: jax_greedy, "torch_fp32": torch_greedy}
   for fn in (*train_sides.values(), *greedy_sides.values()):  # warm-up (and compile)
     fn()
@@ -505,6 +532,8 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
       "torch_version": ref.torch.__version__, "threads": ref.torch.get_num_threads(),
       "params": int(sum(p.numel() for p in tmodel.parameters())), "rounds": rounds,
       "order": "per round: train " + ", ".join(train_sides) + "; greedy " + ", ".join(greedy_sides),
+      "conv_impl": "im2col" if xla_conv_step is not None else "xla",
+      "bf16_autocast": "skipped (--skip_bf16)" if skip_bf16 else "timed",
       "median_s": {kind: {k: statistics.median(v) for k, v in d.items()}
                    for kind, d in times.items()},
       "times_s": times,
@@ -580,6 +609,8 @@ def main(argv: list[str]) -> int:
   flags.DEFINE_string("out", None, "Write the JSON here too.", flag_values=fv)
   flags.DEFINE_integer("steps", 5, "Timed steps per key (median).", flag_values=fv)
   flags.DEFINE_bool("skip_torch", False, "Skip the PyTorch reference.", flag_values=fv)
+  flags.DEFINE_bool("skip_bf16", False, "Skip PyTorch's bf16 autocast side (minutes a step "
+                    "on CPUs without bf16 units).", flag_values=fv)
   flags.DEFINE_bool("skip_decode", False, "Skip the decoding latencies.", flag_values=fv)
   flags.DEFINE_bool("skip_tfdata", False, "Skip the tf.data throughput.", flag_values=fv)
   flags.DEFINE_enum("keys", "all", ["all", "main"], "Time every key or the main one.",
@@ -593,7 +624,7 @@ def main(argv: list[str]) -> int:
     return 2
   r = run(fv.config, steps=fv.steps, skip_torch=fv.skip_torch, keys=fv.keys,
           decode_reps=fv.decode_reps, skip_decode=fv.skip_decode,
-          with_tfdata=not fv.skip_tfdata, rounds=fv.rounds)
+          with_tfdata=not fv.skip_tfdata, rounds=fv.rounds, skip_bf16=fv.skip_bf16)
   print(_summary(r))
   text = json.dumps(r, indent=1, default=float)
   if fv.out:

@@ -27,16 +27,16 @@ import sys
 # subcommand -> (module, function taking argv incl. program name at [0])
 COMMANDS = {
     "train": ("im2latex_jax.train_cli", "main"),
-    "evaluate": ("im2latex_jax.evaluate", "main"),
-    "predict": ("im2latex_jax.predict_cli", "main"),
+    "evaluate": ("im2latex_jax.evaluation.evaluate", "main"),
+    "predict": ("im2latex_jax.infer.predict_cli", "main"),
     "serve": ("im2latex_jax.serve.app", "main"),
-    "render": ("im2latex_jax.render", "main"),
+    "render": ("im2latex_jax.datagen.render", "main"),
     "render-screens": ("im2latex_jax.datagen.screens", "main"),
-    "robustness": ("im2latex_jax.robustness", "main"),
-    "gen-formulas": ("im2latex_jax.formula_gen", "main"),
-    "sweep": ("im2latex_jax.sweep", "main"),
+    "robustness": ("im2latex_jax.evaluation.robustness", "main"),
+    "gen-formulas": ("im2latex_jax.datagen.formula_gen", "main"),
+    "sweep": ("im2latex_jax.sweep.study", "main"),
     "bench": ("im2latex_jax.bench", "main"),
-    "export-model": ("im2latex_jax.inference", "export_main"),
+    "export-model": ("im2latex_jax.infer.inference", "export_main"),
     "merge-data": ("im2latex_jax.data.merge", "main"),
     "shards": ("im2latex_jax.train_cli", "shards_main"),
 }

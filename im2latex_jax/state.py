@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from im2latex_jax import inference
+from im2latex_jax.infer import inference
 from im2latex_jax import models
 from im2latex_jax import optim
 from im2latex_jax import workdir as workdir_lib

@@ -27,8 +27,8 @@ import optax
 
 from im2latex_jax import checkpointing
 from im2latex_jax import defaults
-from im2latex_jax import evaluators
-from im2latex_jax import inference
+from im2latex_jax.evaluation import evaluators
+from im2latex_jax.infer import inference
 from im2latex_jax import optim
 from im2latex_jax import sharding
 from im2latex_jax import state as state_lib

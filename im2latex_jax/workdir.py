@@ -12,11 +12,14 @@ An `export-model` directory holds config.json, vocab.txt and params.msgpack.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from im2latex_jax.data import vocab as vocab_lib
 
@@ -69,3 +72,51 @@ def write_final_metrics(workdir: str, final: dict) -> None:
 
 def metrics_path(workdir: str) -> str:
   return os.path.join(workdir, METRICS)
+
+
+def read_metrics(workdir_or_path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """metrics.jsonl as {name: (steps [n], values [n])}, sorted by step.
+
+  A resumed run may log a step twice; the last value written wins.
+  """
+  path = workdir_or_path
+  if os.path.isdir(path):
+    path = metrics_path(path)
+  series: dict[str, dict[int, float]] = collections.defaultdict(dict)
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      row = json.loads(line)
+      step = int(row.pop("step"))
+      for k, v in row.items():
+        series[k][step] = float(v)
+  out = {}
+  for k, by_step in series.items():
+    steps = np.array(sorted(by_step), np.int64)
+    out[k] = (steps, np.array([by_step[s] for s in steps], np.float64))
+  return out
+
+
+class MetricTail:
+  """Reads the new complete lines of a growing metrics.jsonl (a sweep
+  worker watching its trial)."""
+
+  def __init__(self, path: str):
+    self.path, self.pos, self.buf = path, 0, ""
+
+  def read(self) -> list[dict[str, Any]]:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path, encoding="utf-8") as f:
+      f.seek(self.pos)
+      self.buf += f.read()
+      self.pos = f.tell()
+    *lines, self.buf = self.buf.split("\n")
+    out = []
+    for line in lines:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+    return out

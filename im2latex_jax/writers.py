@@ -16,6 +16,8 @@ from absl import logging
 import jax
 import ml_collections
 
+from im2latex_jax import workdir as workdir_lib
+
 
 class MetricWriter:
   """Writes scalar dicts to the enabled sinks."""
@@ -28,7 +30,7 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._file = open(workdir_lib.metrics_path(workdir), "a", encoding="utf-8")
     mode = (wandb_cfg.mode if wandb_cfg is not None else "disabled")
     if os.environ.get("WANDB_MODE"):
       mode = os.environ["WANDB_MODE"]

@@ -224,7 +224,7 @@ probability the model gave it."""),
     ("code", SETUP),
     ("code", WORKDIR_CELL.format(args="")),
     ("code", """\
-from im2latex_jax import predictor as predictor_lib
+from im2latex_jax.infer import predictor as predictor_lib
 from im2latex_jax.data import input_pipeline
 
 predictor = predictor_lib.load_predictor(WORKDIR)
@@ -270,7 +270,8 @@ grouped by formula length and by token class."""),
     ("code", SETUP),
     ("code", WORKDIR_CELL.format(args="")),
     ("code", """\
-from im2latex_jax import evaluators, inference
+from im2latex_jax.evaluation import evaluators
+from im2latex_jax.infer import inference
 from im2latex_jax.data import input_pipeline
 
 lm = inference.load_model(WORKDIR)

@@ -1,4 +1,4 @@
-"""Tests for im2latex_jax.augment: stateless TF augmentation of bucket images."""
+"""Tests for im2latex_jax.datagen.augment: stateless TF augmentation of bucket images."""
 
 import os
 import pathlib
@@ -10,7 +10,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from im2latex_jax import augment
+from im2latex_jax.datagen import augment
 
 FIXTURES = sorted(
     (pathlib.Path(__file__).parent / 'fixtures' / 'images').glob('*.png'))

@@ -1,4 +1,4 @@
-"""Tests for greedy decoding and beam search (im2latex_jax/decode.py)."""
+"""Tests for greedy decoding and beam search (im2latex_jax/infer/decode.py)."""
 
 import functools
 import itertools
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from im2latex_jax import decode
+from im2latex_jax.infer import decode
 
 PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
 TINY = 1e-9

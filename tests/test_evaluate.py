@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from im2latex_jax.data import core
-from im2latex_jax import evaluate
-from im2latex_jax import evaluators
-from im2latex_jax import inference
-from im2latex_jax import metrics
+from im2latex_jax.evaluation import evaluate
+from im2latex_jax.evaluation import evaluators
+from im2latex_jax.infer import inference
+from im2latex_jax.evaluation import metrics
 # Imported before any test changes PATH: render.py copies os.environ for TeX at import.
-from im2latex_jax import render  # pylint: disable=unused-import
+from im2latex_jax.datagen import render  # pylint: disable=unused-import
 from im2latex_jax import sharding
 from im2latex_jax import train
 from im2latex_jax.data import input_pipeline

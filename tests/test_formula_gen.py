@@ -1,4 +1,4 @@
-"""Tests for im2latex_jax.formula_gen: new formulas from training formulas."""
+"""Tests for im2latex_jax.datagen.formula_gen: new formulas from training formulas."""
 
 import os
 import pathlib
@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from im2latex_jax import formula_gen
+from im2latex_jax.datagen import formula_gen
 
 TRAIN = [
     'x ^ { 2 } + y ^ { 2 } = r ^ { 2 }',
@@ -139,7 +139,7 @@ def test_real_train_split_scale():
 def test_generated_formulas_compile():
   if shutil.which('pdflatex') is None:
     pytest.skip('pdflatex not installed')
-  render = pytest.importorskip('im2latex_jax.render')
+  render = pytest.importorskip('im2latex_jax.datagen.render')
   out = formula_gen.generate_formulas(TRAIN, 40, seed=0)
   results = render.render_formulas(out, dpi=50, workers=2)
   failed = [(out[r.index], r.error) for r in results if r.error]

@@ -5,7 +5,7 @@ import math
 import pytest
 import sacrebleu
 
-from im2latex_jax import metrics
+from im2latex_jax.evaluation import metrics
 
 
 def test_bleu_identical_is_100():

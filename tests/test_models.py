@@ -138,3 +138,55 @@ def test_max_pool_matches_flax_values_and_gradient(window):
   g = jax.random.normal(jax.random.PRNGKey(1), ours(x).shape)
   grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * g))(x)
   np.testing.assert_array_equal(grad(ours), grad(flax_pool))
+
+
+@pytest.mark.parametrize("kernel,padding", [((3, 3), ((1, 1), (1, 1))), ((1, 1), ((0, 0), (0, 0))),
+                                            ((3, 5), ((0, 2), (1, 3)))])
+def test_im2col_conv_equals_lax(kernel, padding):
+  from im2latex_jax.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 13, 5)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(*kernel, 5, 7)), jnp.float32)
+  dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+  want = jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dn,
+                                      precision="highest")
+  got = layers.im2col_conv(x, k, (1, 1), padding, dimension_numbers=dn, precision="highest")
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Strides are not im2col's case: lax computes them.
+  strided = layers.im2col_conv(x, k, (2, 2), padding, dimension_numbers=dn)
+  assert strided.shape == jax.lax.conv_general_dilated(x, k, (2, 2), padding,
+                                                       dimension_numbers=dn).shape
+
+
+def test_conv_impls_give_the_same_model():
+  """One parameter set, both convolutions: the same logits and gradients, so a
+  checkpoint trained with either runs with the other."""
+  cfg = tiny_config()
+  rng = np.random.default_rng(1)
+  img = jnp.asarray(rng.integers(0, 256, (2, 40, 160, 1)), jnp.uint8)
+  hw = jnp.array([[40, 160], [33, 100]])
+  tokens = jnp.asarray(rng.integers(0, 30, (2, 6)), jnp.int32)
+  out = {}
+  for impl in ("xla", "im2col"):
+    cfg.model.conv_impl = impl
+    model = models.get_model(cfg.model, 30)
+    if impl == "xla":
+      variables = _init(model)
+
+    def loss(params, model=model):
+      return jnp.sum(model.apply({**variables, "params": params}, img, hw, tokens) ** 2)
+    out[impl] = jax.value_and_grad(loss)(variables["params"])
+  (la, ga), (lb, gb) = out["xla"], out["im2col"]
+  np.testing.assert_allclose(la, lb, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-7)
+  # 'auto' (the default): im2col for the training forward/backward on CPU,
+  # lax's convolution for inference (its forward is faster there).
+  from im2latex_jax.models import layers  # pylint: disable=g-import-not-at-top
+  assert jax.default_backend() == "cpu"
+  assert layers.conv_general_dilated("auto", train=True) is layers.im2col_conv
+  assert layers.conv_general_dilated("auto", train=False) is jax.lax.conv_general_dilated
+  cfg.model.conv_impl = "fft"
+  with pytest.raises(ValueError, match="conv_impl 'fft'"):
+    models.get_model(cfg.model, 30).init(jax.random.key(0), img, hw, tokens)

@@ -22,8 +22,8 @@ import pytest
 
 from conftest import tiny_config
 from conftest_serve import encode, running_server
-from im2latex_jax import predictor as predictor_lib
-from im2latex_jax import preprocess
+from im2latex_jax.infer import predictor as predictor_lib
+from im2latex_jax.infer import preprocess
 from im2latex_jax import train
 from im2latex_jax.data import core
 from im2latex_jax.data import vocab as vocab_lib
@@ -282,7 +282,7 @@ def test_concurrent_requests_on_real_model(predictor):
 
 
 def test_trim_loop_cuts_a_periodic_tail_to_one_period():
-  from im2latex_jax.predictor import trim_loop
+  from im2latex_jax.infer.predictor import trim_loop
   head = [10, 11, 12]
   assert trim_loop(head + [7] * 30, span=24) == (head + [7], True)
   assert trim_loop(head + [7, 8] * 15, span=24) == (head + [7, 8], True)

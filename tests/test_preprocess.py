@@ -1,4 +1,4 @@
-"""Tests for im2latex_jax.preprocess: user images -> dataset-like inputs.
+"""Tests for im2latex_jax.infer.preprocess: user images -> dataset-like inputs.
 
 Fixtures are six processed im2latex-100k train images (tests/fixtures/images).
 Each is disguised as a user image (off-centre on a large canvas, rescaled,
@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from im2latex_jax import preprocess
+from im2latex_jax.infer import preprocess
 from im2latex_jax.data import buckets as buckets_lib
 from im2latex_jax.data import processing
 

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from im2latex_jax import image_metrics as im
-from im2latex_jax import render
+from im2latex_jax.evaluation import image_metrics as im
+from im2latex_jax.datagen import render
 from im2latex_jax.data import layout
 
 tex = pytest.mark.skipif(shutil.which('pdflatex') is None or

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from im2latex_jax import preprocess
-from im2latex_jax import robustness
+from im2latex_jax.infer import preprocess
+from im2latex_jax.evaluation import robustness
 from im2latex_jax.data import layout
 from im2latex_jax.datagen import engines
 from im2latex_jax.datagen import presentation

@@ -24,7 +24,7 @@ from PIL import Image
 import pytest
 
 from conftest_serve import encode, formula_image, formula_png, running_server
-from im2latex_jax import predict_cli
+from im2latex_jax.infer import predict_cli
 from im2latex_jax.serve import app as app_lib
 from im2latex_jax.serve import fake
 from im2latex_jax.serve import image_io
@@ -468,12 +468,12 @@ def test_cli_usage_errors(image_dir):
 
 @pytest.fixture
 def stub_loader(monkeypatch):
-  """Replaces im2latex_jax.predictor with a module whose loader we control."""
+  """Replaces im2latex_jax.infer.predictor with a module whose loader we control."""
   import types
-  mod = types.ModuleType("im2latex_jax.predictor")
+  mod = types.ModuleType("im2latex_jax.infer.predictor")
   mod.NoModelError = app_lib.NoModelError
   mod.load_predictor = lambda workdir=None: fake.FakePredictor()
-  monkeypatch.setitem(sys.modules, "im2latex_jax.predictor", mod)
+  monkeypatch.setitem(sys.modules, "im2latex_jax.infer.predictor", mod)
   return mod
 
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from im2latex_jax import sweep
-from im2latex_jax import sweep_space
+from im2latex_jax.sweep import study as sweep
+from im2latex_jax.sweep import space as sweep_space
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.py"
@@ -227,9 +227,9 @@ def test_grid_sweep_runs_exactly_its_grid(tmp_path, embedded_data):
 
 
 def test_grid_defaults_to_no_pruning(tmp_path):
-  from im2latex_jax import sweep  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.sweep import study as sweep  # pylint: disable=g-import-not-at-top
   import optuna  # pylint: disable=g-import-not-at-top
-  from im2latex_jax import sweep_space  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.sweep import space as sweep_space  # pylint: disable=g-import-not-at-top
   path = tmp_path / "g.py"
   path.write_text(
       "def get_space():\n"

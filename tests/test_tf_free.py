@@ -149,3 +149,33 @@ def test_shard_loader_resumes_exactly():
     got = next(resumed)
     np.testing.assert_array_equal(got["tokens"], want["tokens"])
     np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_shards_cli_exports_then_trains(tfds_dir, tmp_path):
+  """`im2latex-jax shards export` then `shards train` (the accelerator path),
+  through the command line, with config overrides on both."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", WANDB_MODE="disabled", TFDS_DATA_DIR=str(tfds_dir))
+  cfg = str(REPO / "configs" / "quickstart.py")
+  out = tmp_path / "shards"
+
+  def cli(*args):
+    return subprocess.run([sys.executable, "-m", "im2latex_jax.main", "shards", *args],
+                          capture_output=True, text=True, timeout=600, env=env, check=False)
+
+  r = cli("export", "--config", cfg, "--out", str(out), "--max_examples", "400")
+  assert r.returncode == 0, r.stderr[-3000:]
+  index = json.loads((out / "index.json").read_text())
+  assert index["format"] == shards.FORMAT_VERSION and set(index["splits"]) == {"train", "validation"}
+  counts = index["splits"]["train"]["counts"]
+  assert sum(counts) == 400 and f"train: {sum(counts[:-1])} examples" in r.stdout
+  w = tmp_path / "w"
+  r = cli("train", "--config", cfg, "--shards", str(out), "--workdir", str(w),
+          "--config.num_train_steps=2", "--config.eval_every_steps=2",
+          "--config.log_every_steps=1", "--config.input.batch_size=8")
+  assert r.returncode == 0, r.stderr[-3000:]
+  saved = json.loads((w / "config.json").read_text())
+  assert saved["input"]["loader"] == "shards"
+  assert saved["input"]["shards_dir"] == str(out)
+  assert json.loads((w / "final_metrics.json").read_text())["step"] == 2
+  assert cli("train", "--config", cfg, "--workdir", str(w)).returncode == 2  # no --shards

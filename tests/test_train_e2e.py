@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from im2latex_jax import state as state_lib
-from im2latex_jax import inference
+from im2latex_jax.infer import inference
 from im2latex_jax import train
 from im2latex_jax import writers
 

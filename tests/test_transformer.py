@@ -9,7 +9,7 @@ import pytest
 from im2latex_jax import state as state_lib
 from im2latex_jax import steps as steps_lib
 from im2latex_jax import defaults
-from im2latex_jax import inference
+from im2latex_jax.infer import inference
 from im2latex_jax import models
 from im2latex_jax import optim
 from im2latex_jax.data import buckets

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from im2latex_jax import render as tex
+from im2latex_jax.datagen import render as tex
 from im2latex_jax.data import processing
 
 ENGINES = ('pdflatex', 'katex', 'mathjax')

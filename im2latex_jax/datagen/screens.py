@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from im2latex_jax import preprocess
+from im2latex_jax.infer import preprocess
 from im2latex_jax.data import layout
 from im2latex_jax.datagen import engines
 from im2latex_jax.datagen import presentation

@@ -31,7 +31,8 @@ def get_model(cfg: ml_collections.ConfigDict, vocab_size: int):
     return Im2Markup(vocab_size=vocab_size, cnn_features=tuple(cfg.cnn_features),
                      encoder_hidden=cfg.encoder_hidden, max_rows=cfg.max_rows,
                      decoder_hidden=cfg.decoder_hidden, embed_dim=cfg.embed_dim,
-                     dropout=cfg.dropout, dtype=dtype)
+                     dropout=cfg.dropout, dtype=dtype,
+                     conv_impl=cfg.get("conv_impl", "auto"))
   if cfg.name == "baseline":
     return Baseline(vocab_size=vocab_size, resize_hw=tuple(cfg.resize_hw),
                     cnn_features=tuple(cfg.cnn_features),

@@ -24,11 +24,13 @@ class CNN(nn.Module):
   """im2markup's encoder CNN; all convs 3×3, stride 1, pad 1."""
   features: tuple[int, ...] = (64, 128, 256, 256, 512, 512)
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"   # layers.conv_general_dilated; the parameters are the same
 
   @nn.compact
   def __call__(self, x, train: bool):
     f = self.features
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype,
+                             conv_general_dilated=layers.conv_general_dilated(self.conv_impl, train))
     bn = functools.partial(nn.BatchNorm, use_running_average=not train,
                            momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     x = nn.relu(conv(f[0], name="conv0")(x))
@@ -103,9 +105,10 @@ class Im2Markup(nn.Module):
   embed_dim: int = 80
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   def setup(self):
-    self.cnn = CNN(self.cnn_features, dtype=self.dtype)
+    self.cnn = CNN(self.cnn_features, dtype=self.dtype, conv_impl=self.conv_impl)
     self.rows = RowEncoder(self.encoder_hidden, self.max_rows, dtype=self.dtype)
     self.key_proj = nn.Dense(self.decoder_hidden, use_bias=False, dtype=self.dtype)
     self.cell = LuongDecoderCell(self.vocab_size, self.decoder_hidden, self.embed_dim,

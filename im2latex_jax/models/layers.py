@@ -24,6 +24,55 @@ def max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
   return x.reshape(b, h2, wh, w2, ww, c).max(axis=(2, 4))
 
 
+CONV_IMPLS = ("auto", "xla", "im2col")
+
+
+def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, precision=None, **kw):
+  """`lax.conv_general_dilated` for NHWC x HWIO, stride 1, as one matmul.
+
+  The k_h*k_w shifted views of the padded input are concatenated along the
+  channels ([B, H, W, k_h*k_w*C], im2col) and multiplied by the kernel
+  reshaped to [k_h*k_w*C, O] (same (kh, kw, c) order): the same sums in
+  another order (float32 differences ~1e-6 relative). XLA:CPU differentiates
+  this much faster than its direct convolution (the im2markup CNN's forward +
+  backward at batch 32, 50x200: 4.0-4.5 s vs 7.2 s on a 2-core AMD EPYC),
+  while its forward alone is slower (the encoder at batch 1: 57 vs 52 ms;
+  BENCHMARKS.md). Any other case (strides, dilation, groups, layouts) falls
+  back to lax.
+  """
+  fallback = (tuple(window_strides) != (1, 1) or feature_group_count != 1
+              or any(d not in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+              or isinstance(padding, str) or lhs.ndim != 4
+              or dimension_numbers != jax.lax.conv_dimension_numbers(
+                  lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+  if fallback:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, **kw)
+  (pt, pb), (pl, pr) = padding
+  kh, kw_, c, o = rhs.shape
+  x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  b, hp, wp, _ = x.shape
+  h, w = hp - kh + 1, wp - kw_ + 1
+  cols = jnp.concatenate([x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw_)], -1)
+  y = jnp.dot(cols.reshape(b * h * w, kh * kw_ * c), rhs.reshape(kh * kw_ * c, o),
+              precision=precision)
+  return y.reshape(b, h, w, o)
+
+
+def conv_general_dilated(impl: str, train: bool = True):
+  """The convolution of `impl`: 'xla' (lax's), 'im2col' (`im2col_conv`) or
+  'auto': im2col when training on CPU (where its gradient is faster), lax's
+  otherwise (inference on CPU, and cuDNN's on GPU)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"config.model.conv_impl {impl!r} is not one of {CONV_IMPLS}.")
+  if impl == "auto":
+    impl = "im2col" if train and jax.default_backend() == "cpu" else "xla"
+  return im2col_conv if impl == "im2col" else jax.lax.conv_general_dilated
+
+
 def normalize_images(images: jax.Array, image_hw: jax.Array, dtype) -> jax.Array:
   """uint8-range [B, H, W, 1] -> (x - 128) / 128, white beyond each image's hw.
 

@@ -40,8 +40,8 @@ import flask
 import numpy as np
 from werkzeug import exceptions as wz_exceptions
 
-from im2latex_jax import predictor as predictor_lib
-from im2latex_jax.predictor import NoModelError
+from im2latex_jax.infer import predictor as predictor_lib
+from im2latex_jax.infer.predictor import NoModelError
 from im2latex_jax.serve import image_io
 
 PredictorFactory = Callable[[], Any]
@@ -444,7 +444,7 @@ def main(argv: list[str]) -> int:
   else:
     def factory():
       # Looked up in sys.modules at call time (tests swap the module).
-      predictor = importlib.import_module("im2latex_jax.predictor")
+      predictor = importlib.import_module("im2latex_jax.infer.predictor")
       return predictor.load_predictor(args.workdir)
 
   app = create_app(factory, max_batch=args.max_batch, timeout_s=args.timeout)

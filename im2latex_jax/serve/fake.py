@@ -1,4 +1,4 @@
-"""A deterministic stand-in for `im2latex_jax.predictor.Predictor`.
+"""A deterministic stand-in for `im2latex_jax.infer.predictor.Predictor`.
 
 Used by the serving and CLI tests, and by `im2latex-jax serve --fake` to look at
 the page without a trained model. It follows the Predictor contract: it rejects
@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from im2latex_jax.predictor import Prediction
-from im2latex_jax.preprocess import ImageError
+from im2latex_jax.infer.predictor import Prediction
+from im2latex_jax.infer.preprocess import ImageError
 
 
 FAKE_TOKENS = ("\\frac", "{", "a", "}", "{", "b", "}")

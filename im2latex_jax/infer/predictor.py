@@ -31,14 +31,14 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from im2latex_jax import decode
-from im2latex_jax import inference
-from im2latex_jax import preprocess
+from im2latex_jax.infer import decode
+from im2latex_jax.infer import inference
+from im2latex_jax.infer import preprocess
 from im2latex_jax.data import buckets as buckets_lib
 from im2latex_jax.data import vocab as vocab_lib
 
 # A workdir layout (config.json, vocab.txt, checkpoints/) shipped in the wheel.
-SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "model")
+SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "model")
 # Environment variable naming a workdir to use when none is passed.
 MODEL_ENV = "IM2LATEX_MODEL"
 # The glyph-size search skips its later rounds for an image whose best

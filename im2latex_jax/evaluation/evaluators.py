@@ -21,8 +21,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from im2latex_jax import inference
-from im2latex_jax import metrics as metrics_lib
+from im2latex_jax.infer import inference
+from im2latex_jax.evaluation import metrics as metrics_lib
 from im2latex_jax import sharding
 from im2latex_jax.data import core
 

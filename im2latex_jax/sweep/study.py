@@ -39,8 +39,9 @@ import sys
 import time
 from typing import Any
 
-from im2latex_jax import sweep_space
-from im2latex_jax.sweep_space import Space, SpaceError
+from im2latex_jax import workdir as workdir_lib
+from im2latex_jax.sweep import space as sweep_space
+from im2latex_jax.sweep.space import Space, SpaceError
 
 DEFAULT_ROOT = "sweeps"
 POLL_S = 1.0
@@ -241,29 +242,6 @@ def _die_with_parent():
     pass
 
 
-class _MetricTail:
-  """Reads the new complete lines of a growing metrics.jsonl."""
-
-  def __init__(self, path: str):
-    self.path, self.pos, self.buf = path, 0, ""
-
-  def read(self) -> list[dict[str, Any]]:
-    if not os.path.exists(self.path):
-      return []
-    with open(self.path, encoding="utf-8") as f:
-      f.seek(self.pos)
-      self.buf += f.read()
-      self.pos = f.tell()
-    *lines, self.buf = self.buf.split("\n")
-    out = []
-    for line in lines:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        pass
-    return out
-
-
 def _kill(proc: subprocess.Popen) -> None:
   if proc.poll() is None:
     proc.terminate()
@@ -302,7 +280,7 @@ def make_objective(space: Space, study_name: str, root: str, lock: _FileLock | N
       trial.set_user_attr(k, v)
     env = dict(os.environ, WANDB_RUN_GROUP=study_name)
     print(f"[sweep] trial {trial.number} start: {' '.join(c for c in cmd[3:])}", flush=True)
-    tail = _MetricTail(os.path.join(workdir, "metrics.jsonl"))
+    tail = workdir_lib.MetricTail(workdir_lib.metrics_path(workdir))
     last, reported = None, set()
     with open(log_path, "a", encoding="utf-8") as log:
       log.write(f"\n# {datetime.datetime.now().isoformat()} trial {trial.number}: "

@@ -40,8 +40,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from im2latex_jax import metrics
-from im2latex_jax import preprocess
+from im2latex_jax.evaluation import metrics
+from im2latex_jax.infer import preprocess
 from im2latex_jax.data import layout
 from im2latex_jax.datagen import engines
 from im2latex_jax.datagen import presentation
@@ -433,7 +433,7 @@ def main(argv: list[str], predictor=None) -> int:
   def factory():
     if predictor is not None:
       return predictor
-    from im2latex_jax import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+    from im2latex_jax.infer import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
     return predictor_lib.load_predictor(args.workdir)
 
   try:

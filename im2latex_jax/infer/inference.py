@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from im2latex_jax import checkpointing
-from im2latex_jax import decode
+from im2latex_jax.infer import decode
 from im2latex_jax import models
 from im2latex_jax import workdir as workdir_lib
 from im2latex_jax.data import vocab as vocab_lib

@@ -23,7 +23,7 @@ from typing import Any, Iterator, TextIO
 
 import numpy as np
 
-from im2latex_jax.predictor import confidence_json as predictor_confidence
+from im2latex_jax.infer.predictor import confidence_json as predictor_confidence
 from im2latex_jax.serve import image_io
 
 # File extensions a directory argument is searched for (lower case).
@@ -154,7 +154,7 @@ def main(argv: list[str], predictor=None, out: TextIO | None = None,
 
   if predictor is None:
     # Looked up in sys.modules at call time (tests swap the module).
-    predictor_lib = importlib.import_module("im2latex_jax.predictor")
+    predictor_lib = importlib.import_module("im2latex_jax.infer.predictor")
     try:
       predictor = predictor_lib.load_predictor(args.workdir)
     except (predictor_lib.NoModelError, ValueError) as e:

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from im2latex_jax import render
+from im2latex_jax.datagen import render
 
 # Columns whose binarized pixels differ in fewer than this many places are
 # treated as the same column by the tolerant match.

@@ -103,14 +103,14 @@ def write_predictions(path: str, predictions) -> None:
 def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   """Runs the evaluation; returns (table row, metrics, output directory)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from im2latex_jax import evaluators  # pylint: disable=g-import-not-at-top
-  from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.infer import inference  # pylint: disable=g-import-not-at-top
   from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
   from im2latex_jax import steps  # pylint: disable=g-import-not-at-top
   from im2latex_jax.data import sources  # pylint: disable=g-import-not-at-top
 
   if args.image_metrics:
-    from im2latex_jax import render  # pylint: disable=g-import-not-at-top
+    from im2latex_jax.datagen import render  # pylint: disable=g-import-not-at-top
     try:
       render.check_tex()  # before minutes of decoding, not after
     except RuntimeError as e:
@@ -159,7 +159,7 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
            token_accuracy=loss["token_accuracy"])
 
   if args.image_metrics:
-    from im2latex_jax import image_metrics  # pylint: disable=g-import-not-at-top
+    from im2latex_jax.evaluation import image_metrics  # pylint: disable=g-import-not-at-top
     t = time.perf_counter()
     m.update(image_metrics.image_metrics([p.gold for p in preds],
                                          [p.prediction for p in preds],
@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  from im2latex_jax import inference  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.infer import inference  # pylint: disable=g-import-not-at-top
   try:
     row, _, out_dir = evaluate(args)
   except (inference.WorkdirError, UsageError, ValueError, FileNotFoundError) as e:

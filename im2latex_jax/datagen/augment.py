@@ -23,7 +23,7 @@ import ml_collections
 import tensorflow as tf
 
 # The configs live in a TF-free module so that configs can be built without TF.
-from im2latex_jax.augment_config import default_config, robust_config  # pylint: disable=unused-import
+from im2latex_jax.datagen.augment_config import default_config, robust_config  # pylint: disable=unused-import
 
 # The groups of `default_config()`, in the order they are applied: geometry
 # first (on the clean image), then optics (blur), then the capture device

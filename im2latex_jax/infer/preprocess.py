@@ -486,7 +486,7 @@ SCALE_FEATURES = ('log_height_median', 'log_height_p25', 'log_height_p75',
 # Fitted by benchmarks/calibrate_scale.py (renders of training formulas by
 # every renderer at known scales, and dataset images): log(scale) =
 # weights . scale_features + bias.
-SCALE_REGRESSION_FILE = os.path.join(os.path.dirname(__file__), 'assets',
+SCALE_REGRESSION_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'assets',
                                      'scale_regression.json')
 
 
