@@ -36,6 +36,7 @@ def get_config(arg=None):
   protocols.apply(c, arg)
 
   c.model.name = "im2markup"
+  c.model.conv_impl = "auto"  # im2col for training on CPU (BENCHMARKS.md)
   c.model.init = "uniform"
   c.model.init_scale = 0.05
 

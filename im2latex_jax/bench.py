@@ -384,7 +384,7 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
       "model": config.model.name, "dtype": config.model.dtype,
       "batch_size": config.input.batch_size, "loader": config.input.get("loader", "tfds"),
       "cnn_features": list(config.model.cnn_features), "steps": steps,
-      "conv_impl": config.model.get("conv_impl", "auto")}}
+      "conv_impl": config.model.get("conv_impl", "xla")}}
   result["peak"] = {"fp32": measure_peak(jnp.float32)}
   if jax.default_backend() != "cpu":
     result["peak"]["bf16"] = measure_peak(jnp.bfloat16)
@@ -480,7 +480,7 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
 
   # The same step with XLA's direct convolution, when the config uses im2col.
   xla_conv_step = None
-  if layers.conv_general_dilated(m.get("conv_impl", "auto"), train=True) is layers.im2col_conv:
+  if layers.conv_general_dilated(m.get("conv_impl", "xla"), train=True) is layers.im2col_conv:
     from im2latex_jax import optim  # pylint: disable=g-import-not-at-top
     xla_model = models.get_model(ml_collections.ConfigDict({**m.to_dict(), "conv_impl": "xla"}),
                                  vocab_size)

@@ -62,11 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "im2markup"
   # CNN channels of the six im2markup conv layers.
   c.model.cnn_features = (64, 128, 256, 256, 512, 512)
-  # How the CNN's 3x3 convolutions run (same parameters, same function):
-  # 'im2col' (one matmul per conv: its gradient is ~1.7x faster on XLA:CPU),
-  # 'xla' (lax.conv_general_dilated; cuDNN on GPU), or 'auto' = im2col when
-  # training on CPU, xla otherwise (inference, GPU/TPU).
-  c.model.conv_impl = "auto"
+  # How the im2markup CNN's 3x3 convolutions run (same parameters, same
+  # function): 'xla' (lax.conv_general_dilated; cuDNN on GPU), 'im2col' (one
+  # matmul per conv: the full-size CNN's gradient ~2x faster on XLA:CPU), or
+  # 'auto' = im2col when training on CPU, xla otherwise (inference, GPU/TPU).
+  # The full-size configs use 'auto'; on the small quickstart CNN im2col was
+  # not faster (BENCHMARKS.md).
+  c.model.conv_impl = "xla"
   # Row BiLSTM hidden size per direction.
   c.model.encoder_hidden = 256
   # Rows with a learned initial state (feature-map rows; larger rows share the last).

@@ -108,33 +108,39 @@ def shards_main(argv: list[str]) -> int:
     sys.stderr.write(SHARDS_USAGE)
     return 2
   cmd, rest = argv[1], [f"{argv[0]} {argv[1]}"] + argv[2:]
-  if cmd == "train":
-    # `train` with the shards loader: the same flags, plus --shards.
-    shards_dir = [a.split("=", 1)[1] for a in rest if a.startswith("--shards=")]
-    for i, a in enumerate(rest):
-      if a == "--shards" and i + 1 < len(rest):
-        shards_dir.append(rest[i + 1])
-    if not shards_dir:
-      sys.stderr.write("error: --shards DIR is required.\n" + SHARDS_USAGE)
-      return 2
-    rest = [a for i, a in enumerate(rest) if not (
-        a.startswith("--shards=") or a == "--shards" or (i and rest[i - 1] == "--shards"))]
-    return main(rest + ["--config.input.loader=shards",
-                        f"--config.input.shards_dir={os.path.abspath(shards_dir[-1])}"])
   from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
   fv = absl_flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv,
                                   lock_config=True, sys_argv=rest)
-  for name in ("out", "splits", "max_examples"):
+  names = ("out", "splits", "max_examples") if cmd == "export" else ("shards", "workdir")
+  for name in names:
     absl_flags.DEFINE_string(name, "", name, flag_values=fv)
+  absl_flags.DEFINE_bool("verbose", False, "the libraries' INFO lines too", flag_values=fv)
   try:
     fv(rest)
-  except absl_flags.Error as e:
+  except (absl_flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
     sys.stderr.write(f"error: {e}\n" + SHARDS_USAGE)
     return 2
-  if fv.config is None or not fv.out:
-    sys.stderr.write("error: --config and --out are required.\n" + SHARDS_USAGE)
+  required = ("config", "out") if cmd == "export" else ("config", "shards", "workdir")
+  missing = [f"--{n}" for n in required if not fv[n].value]
+  if missing:
+    sys.stderr.write(f"error: {' and '.join(missing)} required.\n" + SHARDS_USAGE)
     return 2
+  if not fv.verbose:
+    quiet_library_info()
+  if cmd == "train":
+    # `train` with the shards loader (no TensorFlow, no wandb needed).
+    config = fv.config
+    with config.unlocked():
+      config.input.loader = "shards"
+      config.input.shards_dir = os.path.abspath(fv.shards)
+    logging.set_verbosity(logging.INFO)
+    try:
+      train(config, fv.workdir)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+      sys.stderr.write(f"error: {e}\n")
+      return 1
+    return 0
   logging.set_verbosity(logging.INFO)
   from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   splits = tuple(s for s in fv.splits.split(",") if s) or None

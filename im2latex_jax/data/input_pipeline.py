@@ -405,11 +405,12 @@ def export_shards(cfg: ml_collections.ConfigDict, out_dir: str,
   writer = shards.ShardWriter(out_dir, keys, data.vocab, cfg.train_split)
   for split in splits or (cfg.train_split, cfg.eval_split):
     check_split(data.builder, split)
-    sub = split if not max_examples else f"{split}[:{int(max_examples)}]"
     max_hw, max_tokens = _filter_args(cfg, train=split == cfg.train_split)
     key_fn = _key_fn(tf, keys, max_hw, max_tokens)
     example_fn = _example_fn(tf, keys, data.vocab, key_fn, keep_strings=True)
-    ds = data.builder.as_dataset(split=sub, shuffle_files=False, decoders=_skip_decoding())
+    ds = data.builder.as_dataset(split=split, shuffle_files=False, decoders=_skip_decoding())
+    if max_examples:  # the first N in split order (all of a shorter split)
+      ds = ds.take(int(max_examples))
     ds = ds.enumerate().map(lambda n, ex: (n, key_fn(ex["image"], ex["formula"]), ex))
     counts = np.zeros(keys.num_keys() + 1, np.int64)
     for _, k, _ in ds.map(lambda n, k, ex: (n, k, 0)).as_numpy_iterator():

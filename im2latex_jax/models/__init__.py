@@ -32,7 +32,7 @@ def get_model(cfg: ml_collections.ConfigDict, vocab_size: int):
                      encoder_hidden=cfg.encoder_hidden, max_rows=cfg.max_rows,
                      decoder_hidden=cfg.decoder_hidden, embed_dim=cfg.embed_dim,
                      dropout=cfg.dropout, dtype=dtype,
-                     conv_impl=cfg.get("conv_impl", "auto"))
+                     conv_impl=cfg.get("conv_impl", "xla"))
   if cfg.name == "baseline":
     return Baseline(vocab_size=vocab_size, resize_hw=tuple(cfg.resize_hw),
                     cnn_features=tuple(cfg.cnn_features),

@@ -24,7 +24,7 @@ class CNN(nn.Module):
   """im2markup's encoder CNN; all convs 3×3, stride 1, pad 1."""
   features: tuple[int, ...] = (64, 128, 256, 256, 512, 512)
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"   # layers.conv_general_dilated; the parameters are the same
+  conv_impl: str = "xla"   # layers.conv_general_dilated; the parameters are the same
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -105,7 +105,7 @@ class Im2Markup(nn.Module):
   embed_dim: int = 80
   dropout: float = 0.0
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
+  conv_impl: str = "xla"
 
   def setup(self):
     self.cnn = CNN(self.cnn_features, dtype=self.dtype, conv_impl=self.conv_impl)
