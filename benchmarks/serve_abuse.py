@@ -66,6 +66,8 @@ def main() -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default=None)
   p.add_argument("--out", default=None)
+  p.add_argument("--jpeg-mb", type=float, default=MAX_UPLOAD_BYTES / 1e6,
+                 help="largest size of the noise JPEG, MB (default: the upload limit)")
   args = p.parse_args()
   port = _free_port()
   cmd = [sys.executable, "-m", "im2latex_jax.main", "serve", "--port", str(port)]
@@ -91,7 +93,7 @@ def main() -> int:
     for quality in range(60, 0, -10):  # the best quality that stays under the limit
       buf = io.BytesIO()
       Image.fromarray(noise).save(buf, "JPEG", quality=quality)
-      if buf.tell() < 0.98 * MAX_UPLOAD_BYTES:
+      if buf.tell() < min(0.98 * MAX_UPLOAD_BYTES, args.jpeg_mb * 1e6):
         break
     bad = buf.getvalue()
     out["bad_bytes"] = len(bad)
