@@ -484,7 +484,7 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
     from im2latex_jax import optim  # pylint: disable=g-import-not-at-top
     xla_model = models.get_model(ml_collections.ConfigDict({**m.to_dict(), "conv_impl": "xla"}),
                                  vocab_size)
-    _, tx, _ = state_lib.build_model_and_optimizer(config, vocab_size)
+    tx = optim.make_direction(config.optim)
     xla_jit = jax.jit(steps_lib.make_train_step(xla_model, tx, optim.make_lr_schedule(config.optim),
                                                 jax.random.key(1)), donate_argnums=0)
     holder["xla_state"] = jax.tree.map(jnp.array, state)

@@ -21,7 +21,6 @@ from im2latex_jax.infer import inference
 from im2latex_jax import models
 from im2latex_jax import optim
 from im2latex_jax import workdir as workdir_lib
-from im2latex_jax.data import vocab as vocab_lib
 
 PyTree = Any
 
@@ -78,11 +77,11 @@ def init_vocab(config: ml_collections.ConfigDict, workdir: str):
   if not config.get("init_from"):
     return saved
   path = os.path.abspath(os.path.expanduser(config.init_from))
-  vocab_path = os.path.join(path, workdir_lib.VOCAB)
-  if not os.path.exists(vocab_path):
-    raise FileNotFoundError(f"config.init_from={config.init_from}: {vocab_path} does not exist; "
+  source = workdir_lib.load_vocab(path)
+  if source is None:
+    raise FileNotFoundError(f"config.init_from={config.init_from}: "
+                            f"{os.path.join(path, workdir_lib.VOCAB)} does not exist; "
                             "give an exported model dir or a training workdir.")
-  source = vocab_lib.Vocab.load(vocab_path)
   if saved is not None and saved != source:
     raise ValueError(f"config.init_from={config.init_from} has a vocabulary of {len(source)} "
                      f"tokens that differs from {workdir}/vocab.txt ({len(saved)}): use a new "

@@ -73,7 +73,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   has_eval = bool(eval_split)
   if has_eval and not data.has_split(eval_split):
     raise ValueError(f"config.input.eval_split={eval_split!r} is not a split of the data "
-                     f"({config.input.get('loader', 'tfds')} source); name one it has, or set "
+                     f"({config.input.get('loader', 'tfds')} source, which has "
+                     f"{list(data.split_names)}); name one of those, or set "
                      "config.input.eval_split='' to train without evaluation.")
   if config.num_train_steps > 0:
     num_steps = int(config.num_train_steps)
@@ -136,7 +137,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   decode_eval = None
   if config.evals.decode_every_steps and has_eval:
-    sharding.check_batch_size(config.input.eval_batch_size, mesh, "config.input.eval_batch_size")
     n_decode = config.evals.decode_max_examples
     decode_eval = evaluators.DecodeEvaluator(
         inference.make_decode_fn(model, beam_size=1, max_len=config.evals.max_decode_len),

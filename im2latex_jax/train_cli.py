@@ -63,9 +63,14 @@ def _main(argv):
     quiet_library_info()
   from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
-  logging.info("Config:\n%s", _CONFIG.value)
+  return _train_or_error(_CONFIG.value, _WORKDIR.value)
+
+
+def _train_or_error(config, workdir: str) -> int:
+  """Trains; 0, or 1 with one `error:` line for an expected user error."""
+  logging.info("Config:\n%s", config)
   try:
-    train(_CONFIG.value, _WORKDIR.value)
+    train(config, workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Expected user errors: one clear line, no stack trace.
     logging.error("%s", e)
@@ -128,23 +133,17 @@ def shards_main(argv: list[str]) -> int:
     return 2
   if not fv.verbose:
     quiet_library_info()
+  logging.set_verbosity(logging.INFO)
+  config = fv.config
   if cmd == "train":
     # `train` with the shards loader (no TensorFlow, no wandb needed).
-    config = fv.config
     with config.unlocked():
       config.input.loader = "shards"
       config.input.shards_dir = os.path.abspath(fv.shards)
-    logging.set_verbosity(logging.INFO)
-    try:
-      train(config, fv.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-      sys.stderr.write(f"error: {e}\n")
-      return 1
-    return 0
-  logging.set_verbosity(logging.INFO)
+    return _train_or_error(config, fv.workdir)
   from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   splits = tuple(s for s in fv.splits.split(",") if s) or None
-  index = input_pipeline.export_shards(fv.config.input, fv.out, splits,
+  index = input_pipeline.export_shards(config.input, fv.out, splits,
                                        int(fv.max_examples) if fv.max_examples else None)
   for name, s in index["splits"].items():
     print(f"{name}: {sum(s['counts'][:-1])} examples in {len(s['files'])} keys "

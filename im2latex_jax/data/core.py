@@ -61,15 +61,6 @@ class Keys:
   def shapes(self) -> list[tuple[int, int, int]]:
     return [self.key_shape(k) for k in range(self.num_keys())]
 
-  def key_of(self, h: int, w: int, num_tokens: int) -> int:
-    """The key of an h x w image with `num_tokens` tokens, -1 if none holds it
-    (buckets_lib.first_fit on the image grid and on the token buckets)."""
-    fit = buckets_lib.first_fit(h, w, self.image_buckets)
-    tb = [i for i, t in enumerate(self.token_buckets) if t >= num_tokens]
-    if fit is None or not tb:
-      return -1
-    return self.image_buckets.index(fit) * len(self.token_buckets) + tb[0]
-
 
 def make_keys(cfg) -> Keys:
   """Keys of config.input (buckets, token_buckets)."""
@@ -197,10 +188,13 @@ class DataSource(Protocol):
     vocab: the vocabulary the tokens are encoded with.
     keys: the bucket grid (None when the batches come ready-made).
     num_train: training examples that fit the buckets (for epoch lengths).
+    split_names: the splits it holds (for error messages; tfds also reads
+      slices and joins of them, so ask `has_split`).
   """
   vocab: vocab_lib.Vocab
   keys: Keys | None
   num_train: int
+  split_names: tuple[str, ...]
 
   def has_split(self, split: str) -> bool:
     """Whether `eval_batches(split)` can be read."""
@@ -231,6 +225,10 @@ class BatchSource:
   num_train: int = 0
   keys: Keys | None = None
 
+  @property
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(sorted(self.eval))
+
   def has_split(self, split: str) -> bool:
     return split in self.eval
 
@@ -246,7 +244,7 @@ class BatchSource:
                    max_examples: int | None = None) -> Iterable[Batch]:
     del global_batch_size, max_examples
     if split not in self.eval:
-      raise ValueError(f"Split {split!r} is not in this source; it has {sorted(self.eval)}.")
+      raise ValueError(f"Split {split!r} is not in this source; it has {list(self.split_names)}.")
     batches = self.eval[split]()
     if with_strings:
       batches = list(batches)

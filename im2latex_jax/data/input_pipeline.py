@@ -107,7 +107,6 @@ def check_split(builder, split: str) -> None:
 Keys = core.Keys
 make_keys = core.make_keys
 describe_counts = core.describe_counts
-limit_split = core.limit_split
 
 
 def _png_hw(tf, png):
@@ -214,6 +213,10 @@ class TfdsSource:
   cfg: ml_collections.ConfigDict | None = None
   _eval_cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
+  @property
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(sorted(self.builder.info.splits.keys()))
+
   def has_split(self, split: str) -> bool:
     try:
       check_split(self.builder, split)
@@ -238,15 +241,13 @@ class TfdsSource:
     return self._eval_cache[key].as_numpy_iterator()
 
 
-Data = TfdsSource
-
 
 def _skip_decoding():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return {"image": tfds.decode.SkipDecoding()}
 
 
-def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
+def create_train_iterator(data: TfdsSource, cfg: ml_collections.ConfigDict, *,
                           global_batch_size: int, seed: int,
                           start_step: int = 0) -> Iterator[Batch]:
   """Infinite iterator of this host's numpy batches, one key per batch."""
@@ -309,7 +310,7 @@ def create_train_iterator(data: Data, cfg: ml_collections.ConfigDict, *,
   return ds.as_numpy_iterator()
 
 
-def create_eval_dataset(data: Data, cfg: ml_collections.ConfigDict, split: str, *,
+def create_eval_dataset(data: TfdsSource, cfg: ml_collections.ConfigDict, split: str, *,
                         global_batch_size: int, keep_strings: bool = False,
                         max_examples: int | None = None):
   """A finite tf.data.Dataset of this host's batches; every example once.
@@ -329,7 +330,7 @@ def create_eval_dataset(data: Data, cfg: ml_collections.ConfigDict, split: str, 
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   check_split(data.builder, split)
   # Percent slices cannot be shortened exactly; they are evaluated whole.
-  split, _ = limit_split(split, max_examples)
+  split, _ = core.limit_split(split, max_examples)
   keys = data.keys
   local_bs = global_batch_size // jax.process_count()
   max_hw, max_tokens = _filter_args(cfg, train=False)
@@ -368,7 +369,7 @@ def create_eval_dataset(data: Data, cfg: ml_collections.ConfigDict, split: str, 
 
 
 def get_data(cfg: ml_collections.ConfigDict, *, vocab: vocab_lib.Vocab | None = None,
-             need_train: bool = True) -> Data:
+             need_train: bool = True) -> TfdsSource:
   """Prepares the dataset, the vocabulary and the training key counts."""
   builder = get_builder(cfg)
   keys = make_keys(cfg)

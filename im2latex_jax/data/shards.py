@@ -82,6 +82,10 @@ class ShardSource:
       return 0
     return int(self.train_counts[:-1].sum())
 
+  @property
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(sorted(self.splits))
+
   def has_split(self, split: str) -> bool:
     return split in self.splits
 
@@ -121,7 +125,7 @@ class ShardSource:
     """Every example of `split` once, keys in order, last batch of a key padded."""
     if split not in self.splits:
       raise ValueError(f"Split {split!r} is not in these shards; they have "
-                       f"{sorted(self.splits)}.")
+                       f"{list(self.split_names)}.")
     local_bs = global_batch_size // self.process_count
     per_key = {}
     for k, a in sorted(self.splits[split].arrays.items()):
@@ -195,9 +199,12 @@ class ShardWriter:
     # Split strings may hold slices ('train+validation[:7475]'): a safe folder name.
     return re.sub(r"[^A-Za-z0-9._-]+", "_", split).strip("_")
 
+  def _entry(self, split: str) -> dict:
+    return self.index["splits"].setdefault(split, {"counts": None, "files": {}})
+
   def add(self, split: str, index: int, key: int, example: dict) -> None:
     """One example (image, image_hw, tokens, formula, image_name) of `key`."""
-    entry = self.index["splits"].setdefault(split, {"counts": None, "files": {}})
+    entry = self._entry(split)
     rows = self._pending.setdefault((split, key), [])
     rows.append((index, example))
     if len(rows) >= EXAMPLES_PER_FILE:
@@ -205,8 +212,7 @@ class ShardWriter:
 
   def set_counts(self, split: str, counts: np.ndarray) -> None:
     """Examples per key of the split, the dropped ones last."""
-    entry = self.index["splits"].setdefault(split, {"counts": None, "files": {}})
-    entry["counts"] = [int(c) for c in counts]
+    self._entry(split)["counts"] = [int(c) for c in counts]
 
   def _flush(self, split: str, key: int, entry: dict) -> None:
     rows = self._pending.pop((split, key))
@@ -225,7 +231,7 @@ class ShardWriter:
 
   def close(self) -> dict:
     for split, key in sorted(self._pending):
-      self._flush(split, key, self.index["splits"][split])
+      self._flush(split, key, self._entry(split))
     with open(os.path.join(self.out_dir, INDEX_FILENAME), "w") as f:
       json.dump(self.index, f, indent=1)
     return self.index

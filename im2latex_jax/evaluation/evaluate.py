@@ -132,8 +132,9 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   data = sources.get_data(config.input, vocab=loaded.vocab, need_train=False)
   if not data.has_split(split):
     raise UsageError(f"Split {split!r} is not in this dataset (the run's "
-                     f"config.input.loader={config.input.get('loader', 'tfds')!r} source); "
-                     "pass another --split, or --manual-dir with a data dir that has it.")
+                     f"config.input.loader={config.input.get('loader', 'tfds')!r} source, "
+                     f"which has {list(data.split_names)}); pass one of those (slices "
+                     "allowed) as --split, or --manual-dir with a data dir that has it.")
 
   def batches(with_strings):
     return data.eval_batches(split, global_batch_size=batch_size, with_strings=with_strings,
