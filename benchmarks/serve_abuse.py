@@ -62,6 +62,17 @@ def _rss_mb(pid: int) -> float:
   return float("nan")
 
 
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown"
+
+
 def main() -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default=None)
@@ -75,7 +86,7 @@ def main() -> int:
     cmd += ["--workdir", args.workdir]
   server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   base = f"http://127.0.0.1:{port}"
-  out: dict = {"load_before": os.getloadavg()}
+  out: dict = {"cpu": _cpu_model(), "nproc": os.cpu_count(), "load_before": os.getloadavg()}
   try:
     for _ in range(600):
       try:

@@ -53,7 +53,7 @@ def make_train_step(model, tx, lr_fn: Callable, base_rng: jax.Array):
     directions, opt_state = tx.update(grads, state.opt_state, state.params)
     lr = lr_fn(state.step) * state.plateau.scale
     params = jax.tree.map(lambda p, d: p - lr * d, state.params, directions)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
     new = state.replace(step=state.step + 1, params=params,
                         batch_stats=new_vars.get("batch_stats", state.batch_stats),

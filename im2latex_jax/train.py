@@ -38,6 +38,10 @@ from im2latex_jax import writers
 from im2latex_jax.data import core
 from im2latex_jax.data import sources
 
+# One program (cached on disk like the steps); eager it is ~40 op-by-op
+# compilations, ~6 s at the first log on 2 CPU cores.
+_param_norm = jax.jit(optax.tree.norm)
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        data: core.DataSource | None = None) -> dict[str, Any]:
@@ -194,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    "grad_norm": host["grad_norm_sum"] / host["steps"], "lr": host["lr"],
                    "steps_per_sec": sps, "examples_per_sec": sps * config.input.batch_size,
                    "distinct_shapes": len(shapes),
-                   "param_norm": float(optax.global_norm(state.params))}
+                   "param_norm": float(_param_norm(state.params))}
         writer.write(step, train_m, prefix="train/")
         eta = (num_steps - step) / max(sps, 1e-9)
         logging.info("[%d/%d] loss %.4f tok-acc %.3f lr %.3g | %.2f steps/s, %.1f ex/s, "

@@ -263,6 +263,27 @@ def test_large_input_is_reduced_first_and_scales_stay_the_inputs():
   assert k == 3 and g.shape == (1, 3_000_000)
 
 
+def test_large_rgb_fast_path_matches_the_general_one():
+  """A large uint8 RGB image takes Pillow's C path; a float copy of it takes
+  NumPy's: the same crop, grey levels within rounding of each other."""
+  page = np.full((2100, 2100, 3), 255, np.uint8)
+  crop = _crop(np.asarray(Image.open(FIXTURES[0])))
+  ink = np.kron(crop, np.ones((3, 3), np.uint8))
+  page[900:900 + ink.shape[0], 300:300 + ink.shape[1]] = (ink[..., None] * [[[1.0, 0.8, 0.6]]]
+                                                          ).astype(np.uint8)
+  fast = preprocess.crop_formula(page)
+  general = preprocess.crop_formula(page.astype(np.float32) / 255)
+  assert fast.reduction == general.reduction == 2
+  assert fast.ink.shape == general.ink.shape
+  diff = np.abs(fast.ink - general.ink)
+  # Equal but for rounding, and a pixel pushed across the 235 background
+  # cut-off (255 on one path, ~234 on the other).
+  assert (diff > 2).sum() <= 5 and np.all((diff <= 2) | (np.maximum(fast.ink, general.ink) == 255))
+  np.testing.assert_array_equal(fast.ink < preprocess.INK_THRESHOLD,
+                                general.ink < preprocess.INK_THRESHOLD)
+  assert preprocess.crop_formula(Image.fromarray(page)).ink.shape == fast.ink.shape
+
+
 def test_noise_is_not_a_formula():
   noise = np.random.default_rng(0).integers(0, 256, (1500, 1500), dtype=np.uint8)
   with pytest.raises(preprocess.ImageError, match='does not look like a formula'):

@@ -204,6 +204,23 @@ def test_16_bit_scaled():
   np.testing.assert_array_equal(arr, np.asarray(formula_image("L")))
 
 
+def test_large_color_jpeg_decodes_to_its_luma():
+  """Over preprocess.MAX_WORK_PIXELS a colour JPEG is decoded as luma only
+  (the fast path of a 25 MP upload); smaller ones keep their colour."""
+  rng = np.random.default_rng(0)
+  tile = rng.integers(0, 256, (50, 50, 3), np.uint8)
+  big = np.kron(tile, np.ones((44, 44, 1), np.uint8))  # 2200^2 = 4.8 MP
+  assert big.shape[0] * big.shape[1] > image_io.preprocess.MAX_WORK_PIXELS
+  buf = io.BytesIO()
+  Image.fromarray(big).save(buf, "JPEG", quality=95)
+  g = image_io.decode_image(buf.getvalue())
+  assert g.shape == big.shape[:2] and g.dtype == np.uint8
+  luma = big.astype(np.float64) @ [0.299, 0.587, 0.114]
+  assert np.abs(g - luma).mean() < 3  # JPEG's loss, not another weighting
+  small = encode(Image.fromarray(big[:500, :500]), "JPEG")
+  assert image_io.decode_image(small).shape == (500, 500, 3)
+
+
 def test_float_mode_rejected(client):
   assert_error(post_image(client, encode(formula_image("F"), "TIFF")), 415,
                "unsupported image mode F")

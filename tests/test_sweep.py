@@ -147,6 +147,29 @@ def test_dry_run_prints_commands_and_creates_nothing(tmp_path, capsys):
   assert not (tmp_path / "r").exists()
 
 
+def test_retry_of_a_dead_trial_keeps_its_params(capsys):
+  """A trial a dead worker left RUNNING is re-enqueued with its params, also
+  when it died before sampling them (an enqueued retry); a sampled trial that
+  died before drawing any is only failed."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  study = optuna.create_study()
+  drawn = study.ask()
+  drawn.suggest_float("optim.lr", 1e-3, 1e-2)
+  study.enqueue_trial({"optim.lr": 0.005}, user_attrs={"workdir_of": 0, "retry_of": 0})
+  enqueued = study.ask()  # killed before it called suggest: params {} so far
+  blank = study.ask()
+  frozen = {t.number: t for t in study.get_trials()}
+  assert frozen[enqueued.number].params == {} and frozen[blank.number].params == {}
+  for n in (drawn.number, enqueued.number, blank.number):
+    sweep._retry_trial(study, frozen[n])  # pylint: disable=protected-access
+  waiting = [t for t in study.get_trials() if t.state.name == "WAITING"]
+  assert [(t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in waiting] == [
+      (drawn.number, frozen[drawn.number].params), (enqueued.number, {"optim.lr": 0.005})]
+  assert waiting[1].user_attrs["workdir_of"] == 0  # the retry's retry: the first workdir
+  assert f"trial {blank.number} died before it drew its params" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------- slow
 def _wait_for(path, text, proc, timeout):
   t0 = time.time()
@@ -193,10 +216,14 @@ def test_bayes_sweep_two_workers_survives_sigkill(tmp_path, embedded_data):
     assert trials[n].value == v
     log = open(os.path.join(trials[n].user_attrs["workdir"], "train.log")).read()
     assert len(re.findall(r"^# \d{4}-", log, re.M)) == 1, log[:2000]
-  # A trial the kill interrupted was re-enqueued with its params and workdir.
+  # A trial the kill interrupted was re-enqueued with its params and workdir;
+  # one killed before it drew params is only failed.
   for n in running_before:
     assert trials[n].state.name == "FAIL"
     retry = [t for t in trials if t.user_attrs.get("retry_of") == n]
+    if not before[n].params:
+      assert not retry, (n, retry)
+      continue
     assert len(retry) == 1 and retry[0].params == trials[n].params
     assert retry[0].user_attrs["workdir"] == trials[n].user_attrs["workdir"]
   for name in ("trials.csv", "trials.md", "history.png"):

@@ -361,7 +361,7 @@ class Predictor:
       return jobs, error
 
     # Search: greedy readings at the candidate scales, round by round.
-    best: dict[int, tuple[float, Prediction, tuple]] = {}
+    best: dict[int, tuple[float, Prediction, tuple, dict]] = {}
     errors: dict[int, preprocess.ImageError] = {}
     tried: dict[int, list[float]] = {}
     readings: dict[int, list[dict]] = {}
@@ -375,13 +375,13 @@ class Predictor:
         jobs.extend(js)
         if err is not None:
           errors[i] = err
-      preds = self.predict_normalized([j for _, j in jobs], 1)
-      for (i, job), p in zip(jobs, preds):
+      preds = self._predict_normalized([j for _, j in jobs], 1, attention=False)
+      for (i, job), (p, raw) in zip(jobs, preds):
         score = p.logprob / (len(p.tokens) + 1)
         readings.setdefault(i, []).append(
             {"round": rnd, "scale": job[1], "score": score, "latex": p.latex})
         if i not in best or score > best[i][0]:
-          best[i] = (score, p, job)
+          best[i] = (score, p, job, raw)
       if rnd + 1 < len(self.scale_rounds):
         pending = {i: preprocess.dedup_scales(
             [best[i][2][1] * float(np.exp(o)) for o in self.scale_rounds[rnd + 1]],
@@ -394,8 +394,9 @@ class Predictor:
       final.extend(js)
       if err is not None:
         errors[i] = err
-    for i, (_, p, job) in best.items():
+    for i, (_, p, job, raw) in best.items():
       if beam_size == 1:
+        p.attention = self._attention(raw, p.image)  # the winner's only
         out[i] = p
       else:
         final.append((i, job))
@@ -438,6 +439,12 @@ class Predictor:
   def predict_normalized(self, normalized: list[tuple[np.ndarray, float, float]],
                          beam_size: int = 1) -> list[Prediction]:
     """Predicts from (normalized image, its scale, preprocess seconds) triples."""
+    return [p for p, _ in self._predict_normalized(normalized, beam_size)]
+
+  def _predict_normalized(self, normalized: list[tuple[np.ndarray, float, float]],
+                          beam_size: int = 1, attention: bool = True
+                          ) -> list[tuple[Prediction, dict[str, np.ndarray]]]:
+    """predict_normalized, with each prediction's raw model outputs."""
     beam_size = int(beam_size)
     if beam_size < 1:
       raise ValueError(f"beam_size {beam_size} must be at least 1 (1 is greedy)")
@@ -448,7 +455,7 @@ class Predictor:
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(pre):
       groups.setdefault(im.shape, []).append(i)
-    results: list[Prediction | None] = [None] * len(pre)
+    results: list[tuple[Prediction, dict[str, np.ndarray]] | None] = [None] * len(pre)
     for bucket, idxs in groups.items():
       start = 0
       for count, batch in plan_batches(len(idxs), self.batch_sizes):
@@ -456,12 +463,13 @@ class Predictor:
         outs, t_model = self._run(bucket, [pre[i] for i in part], beam_size, batch)
         for i, out in zip(part, outs):
           t = time.perf_counter()
-          results[i] = self._prediction(out, pre[i])
-          results[i].scale = normalized[i][1]
-          results[i].timings = {
+          p = self._prediction(out, pre[i], attention)
+          p.scale = normalized[i][1]
+          p.timings = {
               "preprocess": pre_times[i], "encode_decode": t_model,
               "postprocess": time.perf_counter() - t,
               "total": time.perf_counter() - t_start}
+          results[i] = (p, out)
     return results
 
   def _run(self, bucket: tuple[int, int], images: list[np.ndarray], beam: int,
@@ -483,10 +491,10 @@ class Predictor:
                         "feature_hw", "looped") if k in out]
     return [{k: np.asarray(out[k][i]) for k in keys} for i in range(n)], seconds
 
-  def _prediction(self, out: dict[str, np.ndarray], image: np.ndarray) -> Prediction:
-    """Cuts one sequence at EOS and turns ids, log-probs and attention into a
-    Prediction (PAD/BOS emitted by an undertrained model are dropped, so the
-    token, probability and attention lists stay aligned)."""
+  @staticmethod
+  def _kept(out: dict[str, np.ndarray]) -> tuple[list[int], list[int], bool]:
+    """(decoding steps kept, their ids, looped): the sequence cut at EOS, PAD/BOS
+    emitted by an undertrained model dropped, a repetition loop cut."""
     keep, ids = [], []
     for t, i in enumerate(out["tokens"].tolist()):
       if i == vocab_lib.EOS:
@@ -496,11 +504,22 @@ class Predictor:
       keep.append(t)
       ids.append(i)
     ids, looped = trim_loop(ids)
-    keep = keep[:len(ids)]
+    return keep[:len(ids)], ids, looped
+
+  def _attention(self, out: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+    keep = self._kept(out)[0]
+    return attention_to_image(out["attention"][keep].astype(np.float32),
+                              out["feature_hw"], image.shape)
+
+  def _prediction(self, out: dict[str, np.ndarray], image: np.ndarray,
+                  attention: bool = True) -> Prediction:
+    """Turns one decoded sequence into a Prediction (token, probability and
+    attention lists aligned). attention=False leaves `attention` None (the
+    search's losing readings never need theirs)."""
+    keep, ids, looped = self._kept(out)
     tokens = self.vocab.decode_tokens(ids)  # no specials left: one token an id
     probs = np.exp(out["token_logprobs"].astype(np.float64)[keep])
-    att = attention_to_image(out["attention"][keep].astype(np.float32),
-                             out["feature_hw"], image.shape)
+    att = self._attention(out, image) if attention else None
     return Prediction(latex=" ".join(tokens), tokens=tokens,
                       token_probs=[float(p) for p in probs], attention=att,
                       logprob=float(out["logprobs"]), image=image, timings={},

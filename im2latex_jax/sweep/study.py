@@ -169,9 +169,20 @@ def _finished(t) -> bool:
 
 
 def _retry_trial(study, trial) -> None:
-  """Re-enqueues a trial whose worker died: same params, same workdir."""
+  """Re-enqueues a trial whose worker died: same params, same workdir.
+
+  A worker can die between creating a trial and sampling its params. An
+  enqueued trial (a retry) then still has its params in `fixed_params`; a
+  sampled one has none, and is only failed: the next trial the sampler draws
+  takes its place (a failed trial does not count toward --trials).
+  """
+  params = trial.params or trial.system_attrs.get("fixed_params", {})
+  if not params:
+    print(f"[sweep] trial {trial.number} died before it drew its params; "
+          "a new trial takes its place.", flush=True)
+    return
   wd = trial.user_attrs.get("workdir_of", trial.number)
-  study.enqueue_trial(trial.params, user_attrs={"workdir_of": wd, "retry_of": trial.number})
+  study.enqueue_trial(params, user_attrs={"workdir_of": wd, "retry_of": trial.number})
   print(f"[sweep] trial {trial.number} was left running by a dead worker; "
         f"re-enqueued (workdir {wd}).", flush=True)
 
