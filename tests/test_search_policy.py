@@ -34,3 +34,15 @@ def test_evaluate_counts_readings_and_refusals(tmp_path):
   res = policy.evaluate(str(tmp_path), ["search", "center"])
   assert res["search"]["mean_readings"] == 2.5 and res["center"]["mean_readings"] == 0.5
   assert res["search"]["min_condition"] == "c1"
+
+
+def test_no_old_estimate_policies():
+  """Round 1 of four (three offsets + the old estimate): without the old one,
+  round 2 counts only where round 1's best was an offset; else a lower bound."""
+  old_best = {"round": 0, "scale": 1.0, "score": 0.0, "latex": "old"}
+  offsets_best = {"round": 0, "scale": 1.0, "score": -0.9, "latex": "old"}
+  kept = READINGS[:3] + [offsets_best] + READINGS[3:]
+  assert policy.choose(kept, "no_old_r1") == (READINGS[1], 3)
+  assert policy.choose(kept, "no_old") == (READINGS[3], 5)
+  lost = READINGS[:3] + [old_best] + READINGS[3:]
+  assert policy.choose(lost, "no_old") == (READINGS[1], -3)
