@@ -30,9 +30,12 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
+from im2latex_jax import bench
+from im2latex_jax.serve import app
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOOD = REPO / "tests" / "fixtures" / "images" / "train_00126.png"
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # serve/app.py's limit
+MAX_UPLOAD_BYTES = app.MAX_UPLOAD_BYTES
 
 
 def _free_port() -> int:
@@ -62,17 +65,6 @@ def _rss_mb(pid: int) -> float:
   return float("nan")
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown"
-
-
 def main() -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default=None)
@@ -86,7 +78,8 @@ def main() -> int:
     cmd += ["--workdir", args.workdir]
   server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   base = f"http://127.0.0.1:{port}"
-  out: dict = {"cpu": _cpu_model(), "nproc": os.cpu_count(), "load_before": os.getloadavg()}
+  out: dict = {"cpu": bench.cpu_info().get("cpu_model", "unknown"), "nproc": os.cpu_count(),
+               "load_before": os.getloadavg()}
   try:
     for _ in range(600):
       try:

@@ -396,7 +396,7 @@ class Predictor:
         errors[i] = err
     for i, (_, p, job, raw) in best.items():
       if beam_size == 1:
-        p.attention = self._attention(raw, p.image)  # the winner's only
+        p.attention = self._attention(raw, self._kept(raw)[0], p.image)  # the winner's only
         out[i] = p
       else:
         final.append((i, job))
@@ -506,8 +506,9 @@ class Predictor:
     ids, looped = trim_loop(ids)
     return keep[:len(ids)], ids, looped
 
-  def _attention(self, out: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
-    keep = self._kept(out)[0]
+  @staticmethod
+  def _attention(out: dict[str, np.ndarray], keep: list[int], image: np.ndarray) -> np.ndarray:
+    """The kept steps' attention maps over the preprocessed image."""
     return attention_to_image(out["attention"][keep].astype(np.float32),
                               out["feature_hw"], image.shape)
 
@@ -519,7 +520,7 @@ class Predictor:
     keep, ids, looped = self._kept(out)
     tokens = self.vocab.decode_tokens(ids)  # no specials left: one token an id
     probs = np.exp(out["token_logprobs"].astype(np.float64)[keep])
-    att = self._attention(out, image) if attention else None
+    att = self._attention(out, keep, image) if attention else None
     return Prediction(latex=" ".join(tokens), tokens=tokens,
                       token_probs=[float(p) for p in probs], attention=att,
                       logprob=float(out["logprobs"]), image=image, timings={},

@@ -415,14 +415,22 @@ class Crop:
   reduction: int = 1
 
 
+def _reduction_factor(h: int, w: int) -> int:
+  """The smallest integer k with (h // k) * (w // k) <= MAX_WORK_PIXELS."""
+  if h * w <= MAX_WORK_PIXELS:
+    return 1
+  k = int(np.ceil(np.sqrt(h * w / MAX_WORK_PIXELS)))
+  while (h // k) * (w // k) > MAX_WORK_PIXELS:
+    k += 1
+  return k
+
+
 def _reduce(g: np.ndarray) -> tuple[np.ndarray, int]:
   """g box-averaged by the smallest integer k that brings it to at most
   MAX_WORK_PIXELS (the edge pixels that do not fill a block are dropped)."""
-  if g.size <= MAX_WORK_PIXELS:
+  k = _reduction_factor(*g.shape)
+  if k == 1:
     return g, 1
-  k = int(np.ceil(np.sqrt(g.size / MAX_WORK_PIXELS)))
-  while (g.shape[0] // k) * (g.shape[1] // k) > MAX_WORK_PIXELS:
-    k += 1
   h, w = g.shape[0] // k, g.shape[1] // k
   if h == 0 or w == 0:  # a strip thinner than k: average along its length only
     k2 = int(np.ceil(g.size / MAX_WORK_PIXELS))
@@ -452,12 +460,8 @@ def _large_to_reduced_gray(image: np.ndarray | Image.Image
             (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3)))):
       return None, 1
     h, w = image.shape[:2]
-  if h * w <= MAX_WORK_PIXELS:
-    return None, 1
-  k = int(np.ceil(np.sqrt(h * w / MAX_WORK_PIXELS)))
-  while (h // k) * (w // k) > MAX_WORK_PIXELS:
-    k += 1
-  if h // k < MIN_SIDE or w // k < MIN_SIDE:  # a strip: the general path
+  k = _reduction_factor(h, w)
+  if k == 1 or h // k < MIN_SIDE or w // k < MIN_SIDE:  # small, or a strip
     return None, 1
   if not isinstance(image, Image.Image):
     image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1
