@@ -9,7 +9,6 @@ decoder reading `[context; embedding]` with additive attention, Adam.
 """
 
 from im2latex_jax import defaults
-from im2latex_jax import protocols
 
 
 def get_config(arg=None):
@@ -17,7 +16,7 @@ def get_config(arg=None):
   c.input.manual_dir = None
   c.input.batch_size = 32
   c.input.eval_batch_size = 32
-  protocols.apply(c, arg)
+  defaults.apply_protocol(c, arg)
 
   c.model.name = "baseline"
   c.model.resize_hw = (64, 256)

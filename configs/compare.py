@@ -9,7 +9,7 @@ data and buckets, for a step count that costs about the same CPU time:
   seed          the seed's momentum 0.9 + plateau on BLEU (batch 32)
   transformer   ResNet + 2-D sin-cos + Transformer decoder, AdamW + warmup
   shipped       the shipped model's Adam + warmup + plateau on the loss (batch 64)
-  <name>+aug    the same with the robust online augmentation (augment_config)
+  <name>+aug    the same with the robust online augmentation (defaults.robust_augment_config)
 
   im2latex-jax train --config configs/compare.py:seed+aug \
       --config.input.manual_dir=mixed --workdir workdirs/compare/seed+aug
@@ -21,7 +21,6 @@ then the table: `bash results/compare/run.sh mixed workdirs/compare` and
 `python results/compare/table.py`.
 """
 
-from im2latex_jax.datagen import augment_config
 from im2latex_jax import defaults
 
 RECIPES = ("im2markup", "seed", "transformer", "shipped")
@@ -43,7 +42,7 @@ def get_config(arg=None):
   c.input.buckets = "50x200,50x280,50x400,100x500,160x500"
   c.input.token_buckets = (40, 80, 150)
   if extra == "aug":
-    c.input.augment = augment_config.robust_config()
+    c.input.augment = defaults.robust_augment_config()
 
   # CPU width: a quarter of the paper's convolution channels, half its RNNs.
   if name == "transformer":

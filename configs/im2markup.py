@@ -15,7 +15,7 @@ Official data (downloads it, or point --config.input.manual_dir at the files):
 Expected (paper, official test split): BLEU-4 87.73, image exact match 77.46
 (79.88 -ws); a re-run of the released code reached BLEU 91.20, 82.1 / 84.7.
 
-With this project's shared data (reduced-label protocol, see protocols.py):
+With this project's shared data (reduced-label protocol, see defaults.apply_protocol):
 
   im2latex-jax train --config configs/im2markup.py:reduced \
       --config.input.manual_dir=../shared/data/im2latex100k --workdir workdirs/im2markup_reduced
@@ -24,7 +24,6 @@ The argument after ':' picks the protocol ('official' by default).
 """
 
 from im2latex_jax import defaults
-from im2latex_jax import protocols
 
 
 def get_config(arg=None):
@@ -33,7 +32,7 @@ def get_config(arg=None):
   c.input.batch_size = 20
   c.input.eval_batch_size = 20
   c.input.token_buckets = (50, 100, 150)
-  protocols.apply(c, arg)
+  defaults.apply_protocol(c, arg)
 
   c.model.name = "im2markup"
   c.model.conv_impl = "auto"  # im2col for training on CPU (BENCHMARKS.md)

@@ -10,7 +10,6 @@ normal; Flax defaults elsewhere).
 """
 
 from im2latex_jax import defaults
-from im2latex_jax import protocols
 
 
 def get_config(arg=None):
@@ -18,7 +17,7 @@ def get_config(arg=None):
   c.input.manual_dir = None
   c.input.batch_size = 32
   c.input.eval_batch_size = 32
-  protocols.apply(c, arg)
+  defaults.apply_protocol(c, arg)
 
   c.model.name = "im2markup"
   c.model.init = "conv_he"

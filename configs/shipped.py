@@ -30,13 +30,12 @@ image exact match 54.1 / 54.9 (README, results/).
 """
 
 from im2latex_jax import defaults
-from im2latex_jax import protocols
 
 
 def get_config(arg=None):
   c = defaults.base_config()
   c.input.manual_dir = None
-  protocols.apply(c, arg or "reduced")
+  defaults.apply_protocol(c, arg or "reduced")
   c.input.buckets = "50x200,50x280,50x400,100x500,160x500"
   c.input.token_buckets = (40, 80, 150)
   c.input.batch_size = 64

@@ -20,7 +20,6 @@ The argument after ':' picks the data protocol ('official' by default).
 """
 
 from im2latex_jax import defaults
-from im2latex_jax import protocols
 
 
 def get_config(arg=None):
@@ -29,7 +28,7 @@ def get_config(arg=None):
   c.input.batch_size = 32
   c.input.eval_batch_size = 32
   c.input.token_buckets = (50, 100, 150)
-  protocols.apply(c, arg)
+  defaults.apply_protocol(c, arg)
 
   c.model.name = "transformer"
   c.model.init = "default"

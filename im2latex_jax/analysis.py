@@ -30,8 +30,7 @@ from im2latex_jax import workdir as workdir_lib
 
 # Environment variable naming the workdir the notebooks analyse.
 WORKDIR_ENV = "IM2LATEX_WORKDIR"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART_CONFIG = os.path.join(REPO, "configs", "quickstart.py")
+QUICKSTART_CONFIG = "configs/quickstart.py"  # a file of the repository
 # Steps of the stand-in model trained when no workdir is given (~1 min on 2 cores).
 FALLBACK_STEPS = 60
 
@@ -39,11 +38,13 @@ FALLBACK_STEPS = 60
 # ---------------------------------------------------------------- workdirs
 def quickstart_config() -> ml_collections.ConfigDict:
   """configs/quickstart.py's config (the checkout's configs/ folder)."""
-  if not os.path.exists(QUICKSTART_CONFIG):
+  path = defaults.repo_file(QUICKSTART_CONFIG)
+  if path is None:
     raise FileNotFoundError(
-        f"{QUICKSTART_CONFIG} not found: the notebooks run from a checkout of "
-        f"the repository; set ${WORKDIR_ENV} to a trained workdir instead.")
-  return defaults.import_file(QUICKSTART_CONFIG).get_config()
+        f"{QUICKSTART_CONFIG} not found (it ships with the repository, not the "
+        f"package): run from a checkout, or set ${WORKDIR_ENV} to a trained "
+        "workdir instead.")
+  return defaults.import_file(path).get_config()
 
 
 def embedded_input_config(input_cfg: ml_collections.ConfigDict | None = None

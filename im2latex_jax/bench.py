@@ -48,8 +48,10 @@ from im2latex_jax import steps as steps_lib
 from im2latex_jax.data import core
 from im2latex_jax.models import layers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO, "configs", "fake_bench.py")
+# The default config, and the scripts the benchmark runs beside JAX, are files
+# of the repository (defaults.repo_file), not of the installed package.
+DEFAULT_CONFIG = "configs/fake_bench.py"
+_NOT_INSTALLED = "is not found (it ships with the repository, not the package; run from a checkout)"
 # The headline shape of the task: batch 32, 50x200 images, 100 target tokens.
 MAIN_SHAPE = (50, 200)
 
@@ -322,8 +324,8 @@ def bench_decode(config, model, state, batch, reps: int) -> dict:
 
 
 def _latency_module():
-  path = os.path.join(REPO, "benchmarks", "latency.py")
-  if not os.path.exists(path):
+  path = defaults.repo_file("benchmarks/latency.py")
+  if path is None:
     return None
   try:
     return defaults.import_file(path)
@@ -352,10 +354,12 @@ def bench_input(config, n_batches: int, with_tfdata: bool) -> dict:
       out["tfdata"] = "TensorFlow not installed"
       return out
     import tempfile  # pylint: disable=g-import-not-at-top
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    import quickstart  # pylint: disable=g-import-not-at-top
+    quickstart = defaults.repo_file("configs/quickstart.py")
+    if quickstart is None:
+      out["tfdata"] = f"skipped: configs/quickstart.py {_NOT_INSTALLED}"
+      return out
     from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-    q = quickstart.get_config()
+    q = defaults.import_file(quickstart).get_config()
     q.input.cache = True
     data = input_pipeline.get_data(q.input)
     it = data.train_iterator(global_batch_size=16, seed=0)
@@ -457,8 +461,11 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
   hits all sides alike; the ratios are per round (other time / JAX time: > 1
   means JAX is faster), reported as median and min-max.
   """
+  path = defaults.repo_file("benchmarks/torch_reference.py")
+  if path is None:
+    return f"skipped: benchmarks/torch_reference.py {_NOT_INSTALLED}"
   try:
-    ref = defaults.import_file(os.path.join(REPO, "benchmarks", "torch_reference.py"))
+    ref = defaults.import_file(path)
   except ImportError as e:
     return f"skipped: {e}"
   from im2latex_jax.infer import inference  # pylint: disable=g-import-not-at-top
@@ -604,7 +611,16 @@ def main(argv: list[str]) -> int:
   # --skip-torch as well as --skip_torch.
   argv = ["--" + a[2:].replace("-", "_") if a.startswith("--skip-") else a for a in argv]
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file[:arg].",
+  if not any(a == "--config" or a.startswith("--config=") for a in argv):
+    default = defaults.repo_file(DEFAULT_CONFIG)
+    if default is None:
+      sys.stderr.write(f"error: the default config {DEFAULT_CONFIG} {_NOT_INSTALLED}; "
+                       "or pass --config FILE (a config with input.loader='fake' "
+                       "needs no data).\n")
+      return 2
+    argv = [argv[0], "--config", default, *argv[1:]]
+  config_flags.DEFINE_config_file("config", None, "Config file[:arg] (default: "
+                                  f"{DEFAULT_CONFIG} of the checkout).",
                                   flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("out", None, "Write the JSON here too.", flag_values=fv)
   flags.DEFINE_integer("steps", 5, "Timed steps per key (median).", flag_values=fv)

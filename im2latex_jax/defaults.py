@@ -1,8 +1,11 @@
-"""The full set of config fields, with their defaults and units.
+"""The config schema: every field with its default and unit, and its helpers.
 
 Every file in configs/ starts from `base_config()` and changes what its recipe
 needs, so every run's config has the same keys (a typo in a CLI override or in
-a sweep fails loudly against the locked config).
+a sweep fails loudly against the locked config). Also here: the augmentation
+fields and their screenshot preset (`augment_config`, `robust_augment_config`),
+the data protocols (`apply_protocol`), `check_config`, and importing a config
+file by path.
 """
 
 import importlib.util
@@ -11,8 +14,6 @@ import types
 
 import ml_collections
 from ml_collections.config_dict import placeholder
-
-from im2latex_jax.datagen import augment_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -55,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   # loader='fake': random formula-like data, per bucket key.
   c.input.fake = ml_collections.ConfigDict(dict(examples_per_key=256, vocab_size=500))
   # Online augmentation (im2latex_jax/datagen/augment.py); off in the paper configs.
-  c.input.augment = augment_config.default_config()
+  c.input.augment = augment_config()
 
   c.model = ml_collections.ConfigDict()
   # 'im2markup', 'baseline' or 'transformer'.
@@ -172,6 +173,133 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb.group = placeholder(str)
   c.wandb.name = placeholder(str)
   return c
+
+
+def augment_config() -> ml_collections.ConfigDict:
+  """`config.input.augment`: every augmentation field, every transform off.
+
+  The ops are in datagen/augment.py; `enabled` switches the whole
+  augmentation in the input pipeline."""
+  c = ml_collections.ConfigDict()
+  # Master switch: the input pipeline augments training images only if set.
+  c.enabled = False
+  c.geometry = ml_collections.ConfigDict()
+  c.geometry.enabled = False
+  # Chance of applying the geometric transform to one example.
+  c.geometry.prob = 1.0
+  # Max relative scale change: the factor is uniform in [1 - s, 1 + s]; it is
+  # lowered when the scaled formula would not fit in the canvas.
+  c.geometry.scale = 0.0
+  # Max rotation, degrees, uniform in [-r, r].
+  c.geometry.rotate_deg = 0.0
+  # Max translation of the formula, px, uniform in [-t, t] per axis, then
+  # clipped so the ink stays `margin` px away from the canvas border.
+  c.geometry.translate_px = 0
+  # Min distance between the ink and the canvas border, px (the dataset's is 4).
+  c.geometry.margin = 2
+
+  c.blur = ml_collections.ConfigDict()
+  c.blur.enabled = False
+  c.blur.prob = 0.5
+  # Gaussian blur sigma, px, uniform in [0, sigma_max] (kernel: 7 taps).
+  c.blur.sigma_max = 0.0
+
+  c.binarize = ml_collections.ConfigDict()
+  c.binarize.enabled = False
+  c.binarize.prob = 0.2
+  # Threshold on the 0..255 scale, uniform in [low, high].
+  c.binarize.threshold_low = 100
+  c.binarize.threshold_high = 180
+
+  c.background = ml_collections.ConfigDict()
+  c.background.enabled = False
+  c.background.prob = 0.5
+  # Background (paper) gray level, uniform in [min_level, 255].
+  c.background.min_level = 255
+  # Ink gray level, uniform in [0, max_ink_level].
+  c.background.max_ink_level = 0
+
+  c.noise = ml_collections.ConfigDict()
+  c.noise.enabled = False
+  c.noise.prob = 0.5
+  # Gaussian noise std on the 0..255 scale, uniform in [0, std_max].
+  c.noise.std_max = 0.0
+
+  c.jpeg = ml_collections.ConfigDict()
+  c.jpeg.enabled = False
+  c.jpeg.prob = 0.3
+  # JPEG quality, uniform integer in [min_quality, max_quality].
+  c.jpeg.min_quality = 30
+  c.jpeg.max_quality = 95
+  return c
+
+
+def robust_augment_config() -> ml_collections.ConfigDict:
+  """The augmentation preset for models that must read screenshots, photos
+  and scans (configs/robust.py)."""
+  c = augment_config()
+  c.enabled = True
+  c.geometry.enabled = True
+  c.geometry.scale = 0.15
+  c.geometry.rotate_deg = 1.5
+  c.geometry.translate_px = 16
+  c.blur.enabled = True
+  c.blur.sigma_max = 0.8
+  c.binarize.enabled = True
+  c.background.enabled = True
+  c.background.min_level = 190
+  c.background.max_ink_level = 70
+  c.noise.enabled = True
+  c.noise.std_max = 12.0
+  c.jpeg.enabled = True
+  return c
+
+
+# Data protocols shared by the paper configs (`apply_protocol`):
+# - 'official': the official release (download, or `manual_dir` with the official
+#   files): train on `train`, select on `validation`, report on `test`.
+# - 'reduced': the reduced-label protocol of this project's shared data
+#   (shared/data/README.md): only 3,000 official training formulas exist there,
+#   so train on `train + validation[:7475]` and select on `validation[7475:]`
+#   (1,000 examples). Never report it as the official split.
+PROTOCOLS = ("official", "reduced")
+
+
+def apply_protocol(config: ml_collections.ConfigDict,
+                   protocol: str | None) -> ml_collections.ConfigDict:
+  """Sets the train/vocabulary/eval splits of `protocol` (default 'official')."""
+  protocol = protocol or "official"
+  if protocol == "official":
+    config.input.train_split = "train"
+    config.input.vocab_split = "train"
+    config.input.eval_split = "validation"
+  elif protocol == "reduced":
+    config.input.train_split = "train+validation[:7475]"
+    config.input.vocab_split = "train+validation[:7475]"
+    config.input.eval_split = "validation[7475:]"
+  else:
+    raise ValueError(f"Unknown protocol {protocol!r}; use one of {PROTOCOLS} "
+                     "(e.g. --config configs/im2markup.py:reduced).")
+  return config
+
+
+# The repository checkout this package runs from (source tree or editable
+# install). In an installed wheel this is site-packages, without configs/.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_file(relpath: str) -> str | None:
+  """A file of the repository outside the package (configs/, benchmarks/).
+
+  Looked for under the current directory, then in the checkout this package
+  runs from; None where neither has it (an installed wheel used outside a
+  checkout): the caller says what it skips or which flag gives the file.
+  """
+  for root in (os.getcwd(), CHECKOUT):
+    path = os.path.join(root, relpath)
+    if os.path.isfile(path):
+      return path
+  return None
 
 
 def import_file(path: str, name: str | None = None) -> types.ModuleType:

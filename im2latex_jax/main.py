@@ -34,7 +34,7 @@ COMMANDS = {
     "render-screens": ("im2latex_jax.datagen.screens", "main"),
     "robustness": ("im2latex_jax.evaluation.robustness", "main"),
     "gen-formulas": ("im2latex_jax.datagen.formula_gen", "main"),
-    "sweep": ("im2latex_jax.sweep.study", "main"),
+    "sweep": ("im2latex_jax.sweep.cli", "main"),
     "bench": ("im2latex_jax.bench", "main"),
     "export-model": ("im2latex_jax.infer.inference", "export_main"),
     "merge-data": ("im2latex_jax.data.merge", "main"),

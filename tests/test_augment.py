@@ -10,6 +10,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from im2latex_jax import defaults
 from im2latex_jax.datagen import augment
 
 FIXTURES = sorted(
@@ -21,7 +22,7 @@ def _image(i=0):
 
 
 def _only(stage, **fields):
-  cfg = augment.default_config()
+  cfg = defaults.augment_config()
   cfg[stage].enabled = True
   cfg[stage].prob = 1.0
   for k, v in fields.items():
@@ -38,7 +39,7 @@ CONFIGS = {
     'binarize': _only('binarize'),
     'jpeg': _only('jpeg', min_quality=20, max_quality=40),
     'background': _only('background', min_level=180, max_ink_level=80),
-    'robust': augment.robust_config(),
+    'robust': defaults.robust_augment_config(),
 }
 
 
@@ -49,7 +50,7 @@ def _ink_box(a, thr=128):
 
 def test_default_config_is_identity():
   x = _image()
-  y = augment.augment(x, tf.constant([1, 2]), augment.default_config())
+  y = augment.augment(x, tf.constant([1, 2]), defaults.augment_config())
   np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 
@@ -110,7 +111,7 @@ def test_in_tf_data_map_with_static_shape():
   x = _image(0)
   ds = tf.data.Dataset.from_tensors(x).repeat(4).enumerate().map(
       lambda i, im: augment.augment(im, tf.stack([i, i + 1]),
-                                    augment.robust_config()),
+                                    defaults.robust_augment_config()),
       num_parallel_calls=2, deterministic=True)
   outs = [o.numpy() for o in ds]
   assert all(o.shape == tuple(x.shape) for o in outs)

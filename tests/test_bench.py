@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from im2latex_jax import bench
 
 TINY = ["--config.model.cnn_features=(4,8,8,8,16,16)", "--config.model.encoder_hidden=8",
@@ -14,7 +16,7 @@ TINY = ["--config.model.cnn_features=(4,8,8,8,16,16)", "--config.model.encoder_h
 
 def test_bench_writes_every_key_and_never_recompiles(tmp_path):
   out = tmp_path / "bench.json"
-  rc = bench.main(["bench", "--config", bench.DEFAULT_CONFIG, *TINY, "--steps", "2",
+  rc = bench.main(["bench", *TINY, "--steps", "2",
                    "--decode_reps", "2", "--skip-torch", "--skip_tfdata",
                    "--out", str(out)])
   assert rc == 0
@@ -84,3 +86,21 @@ def test_reliability_rules():
   assert bench.unreliable_because(4, 0.3, 0.05, 2) == ["only 4 rounds (at least 5 for a headline)"]
   assert bench.unreliable_because(7, 1.2, 0.05, 2) == ["load average 1.20 before the run on 2 cores"]
   assert bench.unreliable_because(7, 0.3, 0.40, 2) == ["other processes took 40% of the CPUs during it"]
+
+
+def test_outside_a_checkout_bench_asks_for_a_config(tmp_path, monkeypatch, capsys):
+  # An installed wheel has no configs/ or benchmarks/ beside the package.
+  from im2latex_jax import analysis, defaults  # pylint: disable=g-import-not-at-top
+  assert defaults.repo_file("configs/fake_bench.py")  # this checkout has it
+  monkeypatch.setattr(defaults, "CHECKOUT", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  assert defaults.repo_file("configs/fake_bench.py") is None
+  assert bench.main(["bench", "--skip-torch"]) == 2
+  err = capsys.readouterr().err
+  assert "configs/fake_bench.py is not found" in err and "--config FILE" in err
+  with pytest.raises(FileNotFoundError, match="IM2LATEX_WORKDIR"):
+    analysis.quickstart_config()
+  # From the current directory's checkout it is found again.
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "fake_bench.py").write_text("")
+  assert defaults.repo_file("configs/fake_bench.py") == str(tmp_path / "configs" / "fake_bench.py")

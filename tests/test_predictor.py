@@ -289,6 +289,18 @@ def test_trim_loop_cuts_a_periodic_tail_to_one_period():
   # A short repeat (a legitimate `& & &` or `0 & 0 &`) is kept.
   assert trim_loop(head + [7, 8] * 5, span=24) == (head + [7, 8] * 5, False)
   assert trim_loop([], span=24) == ([], False)
+  assert trim_loop(head + [7] * 30, span=0) == (head + [7] * 30, False)  # 0: never
+
+
+def test_loop_span_zero_keeps_a_looped_reading_whole(predictor):
+  # benchmarks/latency.py decodes a fixed length with loop_span=0.
+  import copy
+  from im2latex_jax.data import vocab as vocab_lib
+  out = {"tokens": np.array([10, 11] + [7] * 30 + [vocab_lib.EOS, 7])}
+  assert predictor._kept(out)[1:] == ([10, 11, 7], True)
+  fixed = copy.copy(predictor)
+  fixed.loop_span = 0
+  assert fixed._kept(out) == (list(range(32)), [10, 11] + [7] * 30, False)
 
 
 def test_wide_formula_is_read_on_an_overflow_canvas(predictor):

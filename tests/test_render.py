@@ -87,6 +87,15 @@ def test_cli_writes_dataset_layout(tmp_path, capsys):
   fails = (out / 'render_failures.tsv').read_text().splitlines()
   assert len(fails) == 1 and fails[0].startswith('1\tUndefined control')
   assert 'formula 1' in capsys.readouterr().err
+  # The TFDS builder reads the rendered split back.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = input_pipeline.get_builder(ml_collections.ConfigDict(
+      {'manual_dir': str(out), 'data_dir': str(tmp_path / 'tfds')}))
+  assert set(builder.info.splits.keys()) == {'validation'}
+  got = sorted(ex['formula'].decode() for ex in
+               builder.as_dataset(split='validation').as_numpy_iterator())
+  assert got == ['a + b', 'x ^ { 2 }']
 
 
 # ---------------------------------------------------- tolerant column rule ---

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from im2latex_jax.sweep import cli as sweep_cli
 from im2latex_jax.sweep import study as sweep
 from im2latex_jax.sweep import space as sweep_space
 
@@ -86,7 +87,7 @@ def test_bad_space_fails_before_any_trial(tmp_path, params, fixed, msg):
                f"metric='eval/loss', params={params!r}, fixed={fixed!r}, trials=2)\n")
   with pytest.raises(sweep_space.SpaceError, match=msg):
     sweep_space.load_space(str(p))
-  rc = sweep.main(["sweep", "--space", str(p), "--study", "s", "--root", str(tmp_path)])
+  rc = sweep_cli.main(["sweep", "--space", str(p), "--study", "s", "--root", str(tmp_path)])
   assert rc == 2
   assert not (tmp_path / "s").exists(), "nothing may be created for a bad space"
 
@@ -109,12 +110,12 @@ def test_cli_errors_are_one_line(tmp_path, capfd):
       (["--storage", "nosuchdb://x"], "cannot open storage"),
   ]
   for extra, msg in cases:
-    rc = sweep.main(["sweep", "--space", space, "--study", "s", "--root", str(tmp_path),
+    rc = sweep_cli.main(["sweep", "--space", space, "--study", "s", "--root", str(tmp_path),
                      *extra])
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and err and msg in err[-1], (extra, err)
     assert "Traceback" not in "\n".join(err)
-  rc = sweep.main(["sweep", "--space", grid, "--study", "g", "--root", str(tmp_path),
+  rc = sweep_cli.main(["sweep", "--space", grid, "--study", "g", "--root", str(tmp_path),
                    "--trials", "3"])
   assert rc == 2 and "runs its 2 points exactly" in capfd.readouterr().err
 
@@ -124,7 +125,7 @@ def test_same_study_name_with_another_space_is_refused(tmp_path, capfd):
   storage = sweep.open_storage(f"sqlite:///{tmp_path}/study.db")
   sweep.load_or_create_study(a, "s", storage)
   b_path = write_space(tmp_path, "b.py", params={"optim.lr": [1e-3, 1e-2]})
-  rc = sweep.main(["sweep", "--space", b_path, "--study", "s", "--root", str(tmp_path),
+  rc = sweep_cli.main(["sweep", "--space", b_path, "--study", "s", "--root", str(tmp_path),
                    "--storage", f"sqlite:///{tmp_path}/study.db"])
   err = capfd.readouterr().err
   assert rc == 2 and "different search space (differs in params" in err, err
@@ -135,7 +136,7 @@ def test_same_study_name_with_another_space_is_refused(tmp_path, capfd):
 def test_dry_run_prints_commands_and_creates_nothing(tmp_path, capsys):
   grid = write_space(tmp_path, "grid.py", "grid",
                      {"optim.lr": [1e-3, 2e-3], "model.decoder_hidden": [8, 16]})
-  rc = sweep.main(["sweep", "--space", grid, "--study", "g", "--root", str(tmp_path / "r"),
+  rc = sweep_cli.main(["sweep", "--space", grid, "--study", "g", "--root", str(tmp_path / "r"),
                    "--workers", "2", "--dry-run"])
   out = capsys.readouterr().out
   assert rc == 0
@@ -254,7 +255,6 @@ def test_grid_sweep_runs_exactly_its_grid(tmp_path, embedded_data):
 
 
 def test_grid_defaults_to_no_pruning(tmp_path):
-  from im2latex_jax.sweep import study as sweep  # pylint: disable=g-import-not-at-top
   import optuna  # pylint: disable=g-import-not-at-top
   from im2latex_jax.sweep import space as sweep_space  # pylint: disable=g-import-not-at-top
   path = tmp_path / "g.py"

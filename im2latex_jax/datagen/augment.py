@@ -11,8 +11,9 @@ group with `enabled` and `prob` (the chance it is applied to one example):
 
   ds = ds.map(lambda ex, seed: {**ex, 'image': augment(ex['image'], seed, cfg)})
 
-`default_config()` has every transform off (the identity); `robust_config()`
-turns on a preset meant for screenshots and scans at inference time.
+The fields are in the config schema (TF-free, so configs build without TF):
+`defaults.augment_config()` has every transform off (the identity),
+`defaults.robust_augment_config()` turns on a preset for screenshots and scans.
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ import math
 import ml_collections
 import tensorflow as tf
 
-# The configs live in a TF-free module so that configs can be built without TF.
-from im2latex_jax.datagen.augment_config import default_config, robust_config  # pylint: disable=unused-import
-
-# The groups of `default_config()`, in the order they are applied: geometry
-# first (on the clean image), then optics (blur), then the capture device
+# The groups of `defaults.augment_config()`, in the order they are applied:
+# geometry first (on the clean image), then optics (blur), then the capture device
 # (binarization, paper/background level, sensor noise, JPEG).
 _STAGES = ('geometry', 'blur', 'binarize', 'background', 'noise', 'jpeg')
 
@@ -126,7 +124,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor,
   Args:
     image: uint8 [H, W, 1], dark ink on white, as the input pipeline reads it.
     seed: int32 or int64 [2], the stateless seed of this example.
-    cfg: `default_config()`-shaped; disabled groups cost nothing.
+    cfg: `defaults.augment_config()`-shaped; disabled groups cost nothing.
 
   Returns:
     uint8 [H, W, 1], the same shape as `image`.

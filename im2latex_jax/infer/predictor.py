@@ -128,8 +128,10 @@ def trim_loop(ids: list[int], span: int = LOOP_SPAN,
   """Cuts a periodic tail of at least `span` tokens down to one period.
 
   Returns:
-    (the tokens kept, whether a loop was cut).
+    (the tokens kept, whether a loop was cut). span <= 0 cuts nothing.
   """
+  if span <= 0:
+    return ids, False
   for n in range(1, max_period + 1):
     run = 0  # tokens at the end equal to the token n before them
     for i in range(len(ids) - 1, n - 1, -1):
@@ -491,10 +493,10 @@ class Predictor:
                         "feature_hw", "looped") if k in out]
     return [{k: np.asarray(out[k][i]) for k in keys} for i in range(n)], seconds
 
-  @staticmethod
-  def _kept(out: dict[str, np.ndarray]) -> tuple[list[int], list[int], bool]:
+  def _kept(self, out: dict[str, np.ndarray]) -> tuple[list[int], list[int], bool]:
     """(decoding steps kept, their ids, looped): the sequence cut at EOS, PAD/BOS
-    emitted by an undertrained model dropped, a repetition loop cut."""
+    emitted by an undertrained model dropped, a repetition loop of
+    self.loop_span tokens cut (none with loop_span 0)."""
     keep, ids = [], []
     for t, i in enumerate(out["tokens"].tolist()):
       if i == vocab_lib.EOS:
@@ -503,7 +505,7 @@ class Predictor:
         continue
       keep.append(t)
       ids.append(i)
-    ids, looped = trim_loop(ids)
+    ids, looped = trim_loop(ids, self.loop_span)
     return keep[:len(ids)], ids, looped
 
   @staticmethod
