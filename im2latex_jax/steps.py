@@ -19,11 +19,10 @@ from im2latex_jax import sharding
 from im2latex_jax.data import core
 from im2latex_jax.data import vocab as vocab_lib
 
-Batch = core.Batch
 PyTree = Any
 
 
-def token_losses(logits: jax.Array, batch: Batch):
+def token_losses(logits: jax.Array, batch: core.Batch):
   """Per-token cross-entropy, weights and correctness for teacher forcing."""
   targets = batch["tokens"][:, 1:]
   weights = (targets != vocab_lib.PAD) * batch["weight"][:, None]
@@ -35,7 +34,7 @@ def token_losses(logits: jax.Array, batch: Batch):
 def make_train_step(model, tx, lr_fn: Callable, base_rng: jax.Array):
   """(state, batch) -> (state, metric sums) for a state.TrainState."""
 
-  def train_step(state, batch: Batch):
+  def train_step(state, batch: core.Batch):
     rng = jax.random.fold_in(base_rng, state.step)
 
     def loss_fn(params):
@@ -85,7 +84,7 @@ def merge_train_metrics(acc, m):
 
 def make_eval_step(model):
   """(variables, batch) -> sums of the teacher-forced loss, tokens, correct."""
-  def eval_step(variables: PyTree, batch: Batch):
+  def eval_step(variables: PyTree, batch: core.Batch):
     logits = model.apply(variables, batch["image"], batch["image_hw"],
                          batch["tokens"][:, :-1], train=False)
     ce, weights, correct = token_losses(logits, batch)
@@ -94,7 +93,7 @@ def make_eval_step(model):
   return eval_step
 
 
-def evaluate_loss(eval_step, variables: PyTree, batches: Iterable[Batch],
+def evaluate_loss(eval_step, variables: PyTree, batches: Iterable[core.Batch],
                   mesh) -> dict[str, float]:
   """Teacher-forced loss, perplexity and token accuracy over a finite split."""
   acc = None

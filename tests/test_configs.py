@@ -41,7 +41,7 @@ def _train_cli(*args):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", "im2latex_jax.main", "train", *args],
-                        capture_output=True, text=True, timeout=120, env=env)
+                        capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_cli_overrides_apply_and_typos_fail(tmp_path):

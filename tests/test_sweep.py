@@ -249,7 +249,7 @@ def test_grid_sweep_runs_exactly_its_grid(tmp_path, embedded_data):
   assert (root / "g" / "parallel.png").exists()
   # Rerunning a finished study starts nothing.
   r = subprocess.run(_cli("--space", space, "--study", "g", "--root", root),
-                     capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+                     capture_output=True, text=True, env=_env(tmp_path), timeout=300)
   assert r.returncode == 0 and "4 of 4 trials finished" in r.stdout
   assert len(_study(root, "g").trials) == 4
 

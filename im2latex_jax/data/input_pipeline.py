@@ -43,7 +43,6 @@ from im2latex_jax.data import shards
 from im2latex_jax.data import vocab as vocab_lib
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(__file__), "embedded")
-Batch = core.Batch
 
 
 def _tf():
@@ -225,7 +224,7 @@ class TfdsSource:
     return True
 
   def train_iterator(self, *, global_batch_size: int, seed: int,
-                     start_step: int = 0) -> Iterator[Batch]:
+                     start_step: int = 0) -> Iterator[core.Batch]:
     return create_train_iterator(self, self.cfg, global_batch_size=global_batch_size,
                                  seed=seed, start_step=start_step)
 
@@ -249,7 +248,7 @@ def _skip_decoding():
 
 def create_train_iterator(data: TfdsSource, cfg: ml_collections.ConfigDict, *,
                           global_batch_size: int, seed: int,
-                          start_step: int = 0) -> Iterator[Batch]:
+                          start_step: int = 0) -> Iterator[core.Batch]:
   """Infinite iterator of this host's numpy batches, one key per batch."""
   tf = _tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -45,7 +45,6 @@ import numpy as np
 from im2latex_jax.data import core
 from im2latex_jax.data import vocab as vocab_lib
 
-Batch = core.Batch
 Keys = core.Keys
 INDEX_FILENAME = "index.json"
 FORMAT_VERSION = 2
@@ -90,7 +89,7 @@ class ShardSource:
     return split in self.splits
 
   def train_iterator(self, *, global_batch_size: int, seed: int,
-                     start_step: int = 0) -> Iterator[Batch]:
+                     start_step: int = 0) -> Iterator[core.Batch]:
     """Endless iterator of this host's numpy batches, one key per batch."""
     local_bs = global_batch_size // self.process_count
     counts = self.train_counts
@@ -102,7 +101,7 @@ class ShardSource:
     consumed = core.consumed_per_key(seed, weights, start_step)
     pos = consumed * local_bs  # next example position in each key's endless stream
 
-    def take(i: int) -> Batch:
+    def take(i: int) -> core.Batch:
       a = local[i]
       n = len(a["tokens"])
       idx = np.empty(local_bs, np.int64)
@@ -121,7 +120,7 @@ class ShardSource:
 
   def eval_batches(self, split: str, *, global_batch_size: int,
                    with_strings: bool = False,
-                   max_examples: int | None = None) -> Iterator[Batch]:
+                   max_examples: int | None = None) -> Iterator[core.Batch]:
     """Every example of `split` once, keys in order, last batch of a key padded."""
     if split not in self.splits:
       raise ValueError(f"Split {split!r} is not in these shards; they have "

@@ -26,7 +26,6 @@ from im2latex_jax.evaluation import metrics as metrics_lib
 from im2latex_jax import sharding
 from im2latex_jax.data import core
 
-Batch = core.Batch
 PyTree = Any
 
 class DecodedExample(NamedTuple):
@@ -49,7 +48,7 @@ def _text(x) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterable[Batch],
+def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterable[core.Batch],
                  mesh: jax.sharding.Mesh | None = None, *,
                  max_examples: int | None = None,
                  timings: dict[str, float] | None = None) -> list[DecodedExample]:
@@ -120,7 +119,7 @@ class DecodeEvaluator:
   returns the split's batches with formula strings (any DataSource).
   """
 
-  def __init__(self, decode_fn: Callable, vocab, batches_fn: Callable[[], Iterable[Batch]],
+  def __init__(self, decode_fn: Callable, vocab, batches_fn: Callable[[], Iterable[core.Batch]],
                mesh: jax.sharding.Mesh, *, max_examples: int | None = None):
     self.decode_fn = decode_fn
     self.vocab = vocab
