@@ -98,6 +98,13 @@ def time_calls(fn, runs: int) -> list[float]:
   return out
 
 
+def _device() -> str:
+  """The backend, core count and CPU model (bench.cpu_info)."""
+  from im2latex_jax import bench  # pylint: disable=g-import-not-at-top
+  cpu = bench.cpu_info().get("cpu_model") or platform.processor() or platform.machine()
+  return f"{jax.default_backend()} x{jax.device_count()} ({os.cpu_count()} cores, {cpu})"
+
+
 def screenshot_latency(args) -> dict:
   """Per-image latency of a real model on real screenshots, per policy."""
   names = sorted(f for f in os.listdir(args.screenshots) if f.endswith(".png"))[:args.n]
@@ -107,10 +114,8 @@ def screenshot_latency(args) -> dict:
   policies = {"one_reading": dict(scale_rounds=()), "search": dict(confident_score=None)}
   for t in (float(v) for v in args.confident.split(",") if v):
     policies[f"search_confident@{t:g}"] = dict(confident_score=t)
-  result = {"device": f"{jax.default_backend()} ({os.cpu_count()} cores, "
-                      f"{platform.processor() or platform.machine()})",
-            "model": loaded.model_id, "images": len(images), "dir": args.screenshots,
-            "loadavg_before": list(os.getloadavg())}
+  result = {"device": _device(), "model": loaded.model_id, "images": len(images),
+            "dir": args.screenshots, "loadavg_before": list(os.getloadavg())}
   preds = {name: predictor_lib.Predictor(loaded, **kw) for name, kw in policies.items()}
   for p in preds.values():  # compile every shape the images need
     p.predict_each(images)
@@ -157,8 +162,7 @@ def main(argv=None) -> dict:
   n_params = sum(x.size for x in jax.tree.leaves(loaded.variables["params"]))
 
   result = {
-      "device": f"{jax.default_backend()} x{jax.device_count()} "
-                f"({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+      "device": _device(), "loadavg_before": list(os.getloadavg()),
       "jax": jax.__version__,
       "model": f"im2markup base_config sizes, {n_params / 1e6:.2f} M params, "
                f"vocab {VOCAB_SIZE}, random init, EOS suppressed",
@@ -196,6 +200,7 @@ def main(argv=None) -> dict:
     throughput[f"batch{b}"] = {"images_per_s": round(b / float(np.median(times)), 1),
                                "p50_ms": round(float(np.median(times)) * 1000, 1)}
   result["greedy_throughput"] = throughput
+  result["loadavg_after"] = list(os.getloadavg())
   result["targets"] = {"greedy_p50_ms": 150, f"beam{args.beam}_p50_ms": 500,
                        "greedy_with_scale_search_p50_ms": 300}
   return _emit(result, args.out)

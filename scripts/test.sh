@@ -5,7 +5,7 @@
 # Two pytest-xdist workers (PYTEST_WORKERS=N to change, 0 for none), one test
 # file per worker at a time (--dist loadfile: a module's fixtures are built
 # once). Most of the suite is single-threaded compiles and subprocess start-up,
-# so two workers on 2 cores take ~14 min instead of ~36 (README).
+# so two workers on 2 cores take 14-26 min instead of ~36 (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
