@@ -5,6 +5,7 @@ lazy import is still a dependency) with `ast`, without importing anything.
 """
 
 import ast
+import re
 import pathlib
 
 import pytest
@@ -120,3 +121,54 @@ def test_tf_free_modules_never_reach_the_tf_data_pipeline(module):
     seen.add(m)
     todo.extend(graph[m])
   assert not seen & {f"{PACKAGE}.data.input_pipeline", f"{PACKAGE}.data.im2latex100k"}
+
+
+# Files outside the package that import it: scripts, configs, benchmarks,
+# result tables, launch scripts, notebooks (code cells), shell heredocs.
+SCRIPT_GLOBS = ("configs/**/*.py", "benchmarks/*.py", "scripts/*.py", "scripts/*.sh",
+                "results/**/*.py", "results/**/*.sh", "launch/**/*.py", "launch/**/*.sh",
+                "notebooks/*.ipynb", "tests/*.py")
+_FROM_IMPORT = re.compile(
+    r"^\s*from\s+(im2latex_jax(?:\.\w+)*)\s+import\s+\(?([\w\s,]+?)\)?\s*(?:#.*)?$", re.M)
+
+
+def _top_level_names(path: pathlib.Path) -> set[str]:
+  """Names a module defines or imports at its top level (without importing it)."""
+  names = set()
+  for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      for t in targets:
+        names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+      names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+  return names
+
+
+def test_every_import_of_the_package_outside_it_resolves():
+  # A module moved inside the package must take every script's import along
+  # (results/robustness/compare.py still imported `im2latex_jax.metrics`).
+  mods = _modules(ROOT)
+  broken = []
+  for pattern in SCRIPT_GLOBS:
+    for path in sorted(ROOT.glob(pattern)):
+      text = path.read_text(encoding="utf-8")
+      if path.suffix == ".ipynb":
+        import json  # pylint: disable=g-import-not-at-top
+        text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"]
+                         if c["cell_type"] == "code")
+      for m in _FROM_IMPORT.finditer(text):
+        module, names = m.group(1), [n.split()[0] for n in m.group(2).split(",") if n.strip()]
+        if module not in mods:
+          broken.append(f"{path.relative_to(ROOT)}: no module {module}")
+          continue
+        defined = _top_level_names(mods[module])
+        for n in names:
+          if f"{module}.{n}" not in mods and n not in defined:
+            broken.append(f"{path.relative_to(ROOT)}: {module} has no {n}")
+      for m in re.finditer(r"^\s*import\s+(im2latex_jax(?:\.\w+)+)", text, re.M):
+        if m.group(1) not in mods:
+          broken.append(f"{path.relative_to(ROOT)}: no module {m.group(1)}")
+  assert not broken, "\n".join(broken)

@@ -27,7 +27,7 @@ for r in "${recipes[@]}"; do
   im2latex-jax evaluate --workdir "$wd" --split 'validation[7475:]' --beam 1 --step best
   python - "$wd" "$here/$r.json" <<'PY'
 import json, os, sys
-from im2latex_jax import evaluate
+from im2latex_jax.evaluation import evaluate
 wd, out = sys.argv[1:]
 res = {"recipe": os.path.basename(wd)}
 res["train"] = json.load(open(os.path.join(wd, "final_metrics.json")))

@@ -14,7 +14,7 @@ import gzip
 import os
 import sys
 
-from im2latex_jax import metrics
+from im2latex_jax.evaluation import metrics
 
 
 def _read(run: str) -> dict[str, dict[int, tuple[str, str | None]]]:
