@@ -41,9 +41,8 @@ def quickstart_config() -> ml_collections.ConfigDict:
   path = defaults.repo_file(QUICKSTART_CONFIG)
   if path is None:
     raise FileNotFoundError(
-        f"{QUICKSTART_CONFIG} not found (it ships with the repository, not the "
-        f"package): run from a checkout, or set ${WORKDIR_ENV} to a trained "
-        "workdir instead.")
+        f"{QUICKSTART_CONFIG} {defaults.NOT_IN_PACKAGE}, or set ${WORKDIR_ENV} "
+        "to a trained workdir instead.")
   return defaults.import_file(path).get_config()
 
 

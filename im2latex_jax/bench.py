@@ -51,7 +51,6 @@ from im2latex_jax.models import layers
 # The default config, and the scripts the benchmark runs beside JAX, are files
 # of the repository (defaults.repo_file), not of the installed package.
 DEFAULT_CONFIG = "configs/fake_bench.py"
-_NOT_INSTALLED = "is not found (it ships with the repository, not the package; run from a checkout)"
 # The headline shape of the task: batch 32, 50x200 images, 100 target tokens.
 MAIN_SHAPE = (50, 200)
 
@@ -356,7 +355,7 @@ def bench_input(config, n_batches: int, with_tfdata: bool) -> dict:
     import tempfile  # pylint: disable=g-import-not-at-top
     quickstart = defaults.repo_file("configs/quickstart.py")
     if quickstart is None:
-      out["tfdata"] = f"skipped: configs/quickstart.py {_NOT_INSTALLED}"
+      out["tfdata"] = f"skipped: configs/quickstart.py {defaults.NOT_IN_PACKAGE}"
       return out
     from im2latex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     q = defaults.import_file(quickstart).get_config()
@@ -463,7 +462,7 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
   """
   path = defaults.repo_file("benchmarks/torch_reference.py")
   if path is None:
-    return f"skipped: benchmarks/torch_reference.py {_NOT_INSTALLED}"
+    return f"skipped: benchmarks/torch_reference.py {defaults.NOT_IN_PACKAGE}"
   try:
     ref = defaults.import_file(path)
   except ImportError as e:
@@ -614,7 +613,7 @@ def main(argv: list[str]) -> int:
   if not any(a == "--config" or a.startswith("--config=") for a in argv):
     default = defaults.repo_file(DEFAULT_CONFIG)
     if default is None:
-      sys.stderr.write(f"error: the default config {DEFAULT_CONFIG} {_NOT_INSTALLED}; "
+      sys.stderr.write(f"error: the default config {DEFAULT_CONFIG} {defaults.NOT_IN_PACKAGE}; "
                        "or pass --config FILE (a config with input.loader='fake' "
                        "needs no data).\n")
       return 2

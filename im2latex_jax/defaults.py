@@ -288,12 +288,17 @@ def apply_protocol(config: ml_collections.ConfigDict,
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# What a caller says when repo_file finds nothing: "<relpath> " + this.
+NOT_IN_PACKAGE = "is not found (it ships with the repository, not the package; run from a checkout)"
+
+
 def repo_file(relpath: str) -> str | None:
   """A file of the repository outside the package (configs/, benchmarks/).
 
   Looked for under the current directory, then in the checkout this package
   runs from; None where neither has it (an installed wheel used outside a
-  checkout): the caller says what it skips or which flag gives the file.
+  checkout): the caller says what it skips or which flag gives the file
+  (with NOT_IN_PACKAGE).
   """
   for root in (os.getcwd(), CHECKOUT):
     path = os.path.join(root, relpath)
