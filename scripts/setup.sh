@@ -7,7 +7,7 @@
 # outside a venv (PEP 668); a venv works with it and with pyenv/conda builds.
 # Idempotent: what is already there is skipped.
 #
-#   bash scripts/setup.sh            # package + serve/sweep/notebook extras
+#   bash scripts/setup.sh            # package + serve/sweep/notebook/render extras
 #   bash scripts/setup.sh --test     # also the test extras
 #
 # Afterwards: `.venv/bin/im2latex-jax ...`, or `source .venv/bin/activate`.
