@@ -1,4 +1,4 @@
-r"""Fine-tunes a model (default: the shipped v1) on real + screenshot-like renders.
+r"""Fine-tunes a model (default: the shipped one) on real + screenshot-like renders.
 
 The recipe of issue "Read real screenshots (3/3)", sized for a 2-core CPU
 session: start from the parameters of `config.init_from` (its vocabulary and

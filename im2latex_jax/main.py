@@ -12,7 +12,7 @@
   im2latex-jax bench    [--config ...]
   im2latex-jax merge-data --out DIR --add DIR[:split] --add DIR[:split] ...
   im2latex-jax shards export|train --config C --out DIR | --shards DIR --workdir W
-  im2latex-jax export-model --workdir W --out DIR [--dtype bfloat16]
+  im2latex-jax export-model --workdir W --out DIR [--dtype bfloat16] [--blend MODEL --alpha A]
 
 Each subcommand lives in the module named for its concern; this file only
 sets up the process (compilation cache, logging) and dispatches.

@@ -1,8 +1,10 @@
 """End to end: train_and_evaluate on the embedded data; resume after a kill."""
 
+import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,3 +225,30 @@ def test_init_from_loads_exactly_the_given_model(tfds_dir, tmp_path):
   with pytest.raises(ValueError, match="differs from .*vocab.txt") as e:
     state_lib.init_vocab(cfg, str(bad))
   assert "\n" not in str(e.value)
+
+  # export-model --blend: alpha * this model + (1 - alpha) * the base, leaf by leaf.
+  lm = inference.load_model(src, "best")
+  ones = dataclasses.replace(lm, variables=jax.tree.map(np.ones_like, lm.variables),
+                             model_id="ones")
+  mixed = inference.blend_variables(lm, ones, 0.25)
+  chex.assert_trees_all_close(mixed, jax.tree.map(lambda x: 0.25 * np.asarray(x) + 0.75,
+                                                  lm.variables), atol=1e-6)
+  chex.assert_trees_all_close(inference.blend_variables(lm, ones, 0.0),
+                              jax.tree.map(np.ones_like, lm.variables))
+  with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+    inference.blend_variables(lm, ones, 1.5)
+  blended = inference.export_model(src, str(tmp_path / "blended"), dtype="float32",
+                                   blend=exported, alpha=0.3)
+  got = inference.load_model(blended)
+  chex.assert_trees_all_close(got.variables, want, atol=1e-6)  # a model blended with itself
+  assert "*0.3+" in got.model_id
+  # Another vocabulary (same size, one token renamed): a one-line error, nothing written.
+  renamed = tmp_path / "renamed"
+  shutil.copytree(exported, renamed)
+  tokens = (renamed / "vocab.txt").read_text().splitlines()
+  (renamed / "vocab.txt").write_text("\n".join(tokens[:-1] + ["\\renamedtoken"]) + "\n")
+  r = subprocess.run([sys.executable, "-m", "im2latex_jax.main", "export-model", "--workdir", src,
+                      "--out", str(tmp_path / "never"), "--blend", str(renamed)],
+                     capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert r.returncode == 2 and "another vocabulary" in r.stderr, r.stderr
+  assert not (tmp_path / "never").exists()

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from typing import Any
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -149,14 +150,53 @@ def _load_exported(path: str, config, vocab) -> LoadedModel:
                      str(meta.get("model_id", f"{os.path.basename(path)}@{step}")))
 
 
+def blend_variables(tuned: LoadedModel, base: LoadedModel, alpha: float) -> dict[str, Any]:
+  """`alpha * tuned + (1 - alpha) * base`, leaf by leaf (params and batch stats).
+
+  Weight-space ensembling of a fine-tuned model with the one it started from
+  (WiSE-FT, Wortsman et al. 2022): alpha 1 is the fine-tuned model, 0 the
+  base; in between trades what fine-tuning gained against what it forgot.
+  Raises ValueError (one line) when the two are not the same network with the
+  same vocabulary.
+  """
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"the blend weight must be in [0, 1], got {alpha}.")
+  if tuned.vocab.tokens != base.vocab.tokens:
+    raise ValueError(f"{base.model_id} has another vocabulary ({len(base.vocab)} tokens) than "
+                     f"{tuned.model_id} ({len(tuned.vocab)}): only a model and one fine-tuned "
+                     "from it can be blended.")
+  want = flax.traverse_util.flatten_dict(tuned.variables, sep="/")
+  have = flax.traverse_util.flatten_dict(base.variables, sep="/")
+  bad = sorted(set(want) ^ set(have)) + sorted(
+      k for k in set(want) & set(have) if np.shape(want[k]) != np.shape(have[k]))
+  if bad:
+    raise ValueError(f"{base.model_id} is another network than {tuned.model_id} "
+                     f"({len(bad)} parameters differ, e.g. {bad[0]}): blend a model with one "
+                     "fine-tuned from it.")
+  return flax.traverse_util.unflatten_dict(
+      {k: (alpha * np.asarray(want[k], np.float32)
+           + (1.0 - alpha) * np.asarray(have[k], np.float32)) for k in want}, sep="/")
+
+
 def export_model(workdir: str, out_dir: str, step: int | str = "best",
-                 dtype: str = "bfloat16", extra_meta: dict | None = None) -> str:
-  """Writes a small, self-contained model dir (params + config + vocab)."""
+                 dtype: str = "bfloat16", extra_meta: dict | None = None,
+                 blend: str | None = None, alpha: float = 1.0) -> str:
+  """Writes a small, self-contained model dir (params + config + vocab).
+
+  With `blend` (a model dir or workdir), the exported weights are
+  `alpha * workdir's + (1 - alpha) * blend's` (`blend_variables`).
+  """
   import flax.serialization  # pylint: disable=g-import-not-at-top
   lm = load_model(workdir, step)
-  os.makedirs(out_dir, exist_ok=True)
-  cast = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, dtype)), lm.variables)
+  variables = lm.variables
   meta = {"step": lm.step, "model_id": lm.model_id, "dtype": dtype, **(extra_meta or {})}
+  if blend is not None:
+    base = load_model(blend)
+    variables = blend_variables(lm, base, alpha)
+    meta.update(model_id=f"{lm.model_id}*{alpha:g}+{base.model_id}*{1 - alpha:g}",
+                blend={"tuned": lm.model_id, "base": base.model_id, "alpha": alpha})
+  os.makedirs(out_dir, exist_ok=True)
+  cast = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, dtype)), variables)
   with open(os.path.join(out_dir, EXPORTED_PARAMS), "wb") as f:
     f.write(flax.serialization.msgpack_serialize({**cast, "meta": meta}))
   workdir_lib.write_config(out_dir, lm.config)
@@ -165,7 +205,8 @@ def export_model(workdir: str, out_dir: str, step: int | str = "best",
 
 
 def export_main(argv: list[str]) -> int:
-  """`im2latex-jax export-model --workdir W --out DIR [--step best] [--dtype bfloat16]`."""
+  """`im2latex-jax export-model --workdir W --out DIR [--step best] [--dtype bfloat16]
+  [--blend MODEL --alpha A]`."""
   import argparse  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(prog=argv[0], description=export_main.__doc__)
@@ -173,10 +214,16 @@ def export_main(argv: list[str]) -> int:
   p.add_argument("--out", required=True)
   p.add_argument("--step", default="best", help="'best', 'latest' or a step number")
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  p.add_argument("--blend", metavar="MODEL", default=None,
+                 help="export ALPHA * the workdir's weights + (1 - ALPHA) * MODEL's (a model "
+                      "dir or workdir: the one the run was fine-tuned from; WiSE-FT)")
+  p.add_argument("--alpha", type=float, default=0.5,
+                 help="weight of --workdir in the --blend (default 0.5)")
   args = p.parse_args(argv[1:])
   try:
-    out = export_model(args.workdir, args.out, args.step, args.dtype)
-  except (WorkdirError, FileNotFoundError) as e:
+    out = export_model(args.workdir, args.out, args.step, args.dtype,
+                       blend=args.blend, alpha=args.alpha)
+  except (WorkdirError, FileNotFoundError, ValueError) as e:
     sys.stderr.write(f"error: {e}\n")
     return 2
   size = os.path.getsize(os.path.join(out, EXPORTED_PARAMS))
