@@ -101,17 +101,15 @@ def load_init_from(state: TrainState, path: str, tx, plateau) -> TrainState:
   stored, step = source.variables, source.step
   new = {}
   for group in ("params", "batch_stats"):
-    want = flax.traverse_util.flatten_dict(getattr(state, group), sep="/")
-    have = flax.traverse_util.flatten_dict(stored.get(group, {}), sep="/")
-    problems = [f"{group}/{k} missing" for k in sorted(set(want) - set(have))]
-    problems += [f"{group}/{k} not in this model" for k in sorted(set(have) - set(want))]
-    problems += [f"{group}/{k} is {tuple(np.shape(have[k]))}, this model's {tuple(want[k].shape)}"
-                 for k in sorted(set(want) & set(have)) if np.shape(have[k]) != want[k].shape]
+    problems = inference.mismatched_leaves(getattr(state, group), stored.get(group, {}),
+                                           prefix=f"{group}/")
     if problems:
       more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
       raise ValueError(f"config.init_from={path} does not fit config.model: "
                        f"{'; '.join(problems[:3])}{more}. Set config.model as in "
                        f"{os.path.join(path, workdir_lib.CONFIG)}.")
+    want = flax.traverse_util.flatten_dict(getattr(state, group), sep="/")
+    have = flax.traverse_util.flatten_dict(stored.get(group, {}), sep="/")
     new[group] = flax.traverse_util.unflatten_dict(
         {k: jnp.asarray(np.asarray(have[k]), want[k].dtype) for k in want}, sep="/")
   logging.info("Initialized from %s (its step %d); fresh optimizer.", path, step)

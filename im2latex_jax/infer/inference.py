@@ -150,6 +150,19 @@ def _load_exported(path: str, config, vocab) -> LoadedModel:
                      str(meta.get("model_id", f"{os.path.basename(path)}@{step}")))
 
 
+def mismatched_leaves(want: dict[str, Any], have: dict[str, Any], prefix: str = "") -> list[str]:
+  """What keeps `have` from standing in for `want` (two variable trees): each
+  leaf missing from `have`, in `have` only, or of another shape, as
+  '<prefix><path> missing' / '... not in this model' / '... is (..), this model's (..)'."""
+  want = flax.traverse_util.flatten_dict(want, sep="/")
+  have = flax.traverse_util.flatten_dict(have, sep="/")
+  problems = [f"{prefix}{k} missing" for k in sorted(set(want) - set(have))]
+  problems += [f"{prefix}{k} not in this model" for k in sorted(set(have) - set(want))]
+  problems += [f"{prefix}{k} is {tuple(np.shape(have[k]))}, this model's {tuple(np.shape(want[k]))}"
+               for k in sorted(set(want) & set(have)) if np.shape(have[k]) != np.shape(want[k])]
+  return problems
+
+
 def blend_variables(tuned: LoadedModel, base: LoadedModel, alpha: float) -> dict[str, Any]:
   """`alpha * tuned + (1 - alpha) * base`, leaf by leaf (params and batch stats).
 
@@ -165,14 +178,13 @@ def blend_variables(tuned: LoadedModel, base: LoadedModel, alpha: float) -> dict
     raise ValueError(f"{base.model_id} has another vocabulary ({len(base.vocab)} tokens) than "
                      f"{tuned.model_id} ({len(tuned.vocab)}): only a model and one fine-tuned "
                      "from it can be blended.")
-  want = flax.traverse_util.flatten_dict(tuned.variables, sep="/")
-  have = flax.traverse_util.flatten_dict(base.variables, sep="/")
-  bad = sorted(set(want) ^ set(have)) + sorted(
-      k for k in set(want) & set(have) if np.shape(want[k]) != np.shape(have[k]))
+  bad = mismatched_leaves(tuned.variables, base.variables)
   if bad:
     raise ValueError(f"{base.model_id} is another network than {tuned.model_id} "
                      f"({len(bad)} parameters differ, e.g. {bad[0]}): blend a model with one "
                      "fine-tuned from it.")
+  want = flax.traverse_util.flatten_dict(tuned.variables, sep="/")
+  have = flax.traverse_util.flatten_dict(base.variables, sep="/")
   return flax.traverse_util.unflatten_dict(
       {k: (alpha * np.asarray(want[k], np.float32)
            + (1.0 - alpha) * np.asarray(have[k], np.float32)) for k in want}, sep="/")

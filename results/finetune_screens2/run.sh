@@ -14,7 +14,7 @@ D=${1:-../shared/data/im2latex100k}
 W=${2:-/tmp/ft2}
 STEPS=${3:-1040}
 BIN=${IM2LATEX_BIN:-.venv/bin/im2latex-jax}
-R=results/finetune_screens2
+PY=${PYTHON:-.venv/bin/python}
 SPLITS=(--split-list "$D/im2latex_train_filter.lst" --split-list "$D/im2latex_validate_filter.lst:0:7475")
 mkdir -p "$W"
 
@@ -48,17 +48,20 @@ for a in ${ALPHAS:-0.75 0.5 0.4}; do
 done
 
 # 4. Each candidate: clean holdout (greedy) and the benchmark conditions v1
-#    reads worst (50 formulas each, the same images for every model).
+#    reads worst (50 formulas each, the same images for every model); the
+#    chosen blend (alpha 0.4, the default model since 2026-12-02) with image
+#    metrics on the holdout.
 HARD=clean,katex-13px-inline,pdf-times-10pt-150dpi,pdf-txfonts-12pt-110dpi,pdf-palatino-11pt-120dpi,pdf-pxfonts-10pt-144dpi,pdf-euler-10pt-150dpi
+CHOSEN=a0.4
 for m in "$W"/m/*; do
-  "$BIN" evaluate --workdir "$m" --split 'validation[7475:]' --manual-dir "$D" --beam 1
+  extra=()
+  [[ $(basename "$m") == "$CHOSEN" ]] && extra=(--image-metrics)
+  "$BIN" evaluate --workdir "$m" --split 'validation[7475:]' --manual-dir "$D" --beam 1 "${extra[@]}"
   mkdir -p "$W/hard/$(basename "$m")"
   "$BIN" robustness --data "$D" --n 50 --conditions "$HARD" --workdir "$m" --out "$W/hard/$(basename "$m")"
 done
 
-# 5. The chosen blend (alpha 0.4, the default model since 2026-12-02): the clean
-#    holdout with image metrics, every benchmark condition (50 formulas each),
-#    and the before/after table against v1's full-benchmark run.
-"$BIN" evaluate --workdir "$W/m/a0.4" --split 'validation[7475:]' --manual-dir "$D" --beam 1 --image-metrics
-"$BIN" robustness --data "$D" --n 50 --workdir "$W/m/a0.4" --out "$W/full"
-.venv/bin/python results/robustness/compare.py results/robustness/v2 "$W/full"
+# 5. The chosen blend on every benchmark condition (50 formulas each) and the
+#    before/after table against v1's full-benchmark run.
+"$BIN" robustness --data "$D" --n 50 --workdir "$W/m/$CHOSEN" --out "$W/full"
+"$PY" results/robustness/compare.py results/robustness/v2 "$W/full"
