@@ -111,7 +111,10 @@ def screenshot_latency(args) -> dict:
   images = [np.asarray(Image.open(os.path.join(args.screenshots, f)).convert("RGB"))
             for f in names]
   loaded = (predictor_lib.load_predictor(args.workdir)._loaded)  # pylint: disable=protected-access
-  policies = {"one_reading": dict(scale_rounds=()), "search": dict(confident_score=None)}
+  policies = {"one_reading": dict(scale_rounds=()), "search": dict(confident_score=None),
+              # The search as before 2026-12-02: each canvas group encoded and
+              # decoded on its own (no shared decoder batch).
+              "search_per_bucket": dict(confident_score=None, shared_decoding=False)}
   for t in (float(v) for v in args.confident.split(",") if v):
     policies[f"search_confident@{t:g}"] = dict(confident_score=t)
   result = {"device": _device(), "model": loaded.model_id, "images": len(images),

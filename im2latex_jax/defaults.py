@@ -119,6 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   # Linear warmup, in steps.
   c.optim.warmup_steps = 0
+  # After warmup: 'none' (constant, the plateau lowers it) or 'cosine' (down to
+  # lr * end_lr_factor at the last training step; the plateau still applies).
+  c.optim.decay = "none"
+  c.optim.end_lr_factor = 0.0
   # 'global', 'per_tensor' (im2markup) or 'none'; max gradient norm.
   c.optim.clip = "global"
   c.optim.clip_norm = 5.0

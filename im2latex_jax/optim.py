@@ -56,7 +56,21 @@ def make_direction(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
   return optax.chain(*chain)
 
 
-def make_lr_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
+def make_lr_schedule(cfg: ml_collections.ConfigDict, num_steps: int | None = None
+                     ) -> optax.Schedule:
+  """Linear warmup over `cfg.warmup_steps`, then constant (`cfg.decay` 'none')
+  or a cosine from `cfg.lr` down to `cfg.lr * cfg.end_lr_factor` at step
+  `num_steps` ('cosine', the usual fine-tuning schedule; needs num_steps)."""
+  decay = cfg.get("decay", "none")
+  if decay == "cosine":
+    if not num_steps or num_steps <= cfg.warmup_steps:
+      raise ValueError(f"config.optim.decay='cosine' needs a training length longer than "
+                       f"the {cfg.warmup_steps} warm-up steps (got {num_steps}); set "
+                       "config.num_train_steps.")
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, cfg.warmup_steps, num_steps, end_value=cfg.lr * cfg.get("end_lr_factor", 0.0))
+  if decay != "none":
+    raise ValueError(f"config.optim.decay {decay!r}: use 'none' or 'cosine'.")
   if cfg.warmup_steps > 0:
     return optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
   return optax.constant_schedule(cfg.lr)

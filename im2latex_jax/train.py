@@ -87,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --------------------------------------------------- model and optimizer
   model, tx, plateau = state_lib.build_model_and_optimizer(config, len(vocab))
-  lr_fn = optim.make_lr_schedule(config.optim)
+  lr_fn = optim.make_lr_schedule(config.optim, num_steps)
 
   # ----------------------------------------------------- sharded train state
   repl = sharding.replicated(mesh)

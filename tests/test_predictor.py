@@ -398,3 +398,33 @@ def test_confident_first_round_skips_the_rest(predictor):
   assert {r["round"] for r in b.readings} == {0}
   assert b.readings == [r for r in a.readings if r["round"] == 0]
   assert c.readings == a.readings and c.latex == a.latex
+
+
+def test_search_readings_decoded_together_equal_one_bucket_at_a_time(predictor):
+  """The search encodes each reading on its own canvas and decodes a round's
+  readings in one batch (padded, masked encodings): the same tokens, scores
+  and attention as reading each canvas group on its own."""
+  search = predictor_lib.Predictor(predictor._loaded)  # pylint: disable=protected-access
+  crops = [preprocess.crop_formula(im) for im in (SHORT[0], LONG, SHORT[2])]
+  jobs = [(preprocess.place(c.ink, s, search.buckets), s, 0.0)
+          for c in crops for s in (0.7, 1.0, 1.4)]
+  assert len({g.shape for g, _, _ in jobs}) >= 3  # several canvases in one round
+  together = search._read_together(jobs)  # pylint: disable=protected-access
+  alone = search._predict_normalized(jobs, 1, attention=False)  # pylint: disable=protected-access
+  for (p, raw), (q, ref) in zip(together, alone):
+    assert p.tokens == q.tokens and p.scale == q.scale and p.looped == q.looped
+    np.testing.assert_allclose(p.logprob, q.logprob, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.token_probs, q.token_probs, rtol=1e-4, atol=1e-6)
+    assert raw["attention"].shape == ref["attention"].shape
+    np.testing.assert_allclose(raw["attention"], ref["attention"], rtol=1e-3, atol=1e-6)
+  encoders, decoders = search.search_compiled_keys
+  assert encoders and len(decoders) == 1  # 9 readings: one decoder call of batch 32
+  assert decoders[0][0] == 32
+  # The whole search with shared decoding == the search reading bucket by bucket.
+  apart = predictor_lib.Predictor(predictor._loaded, shared_decoding=False)  # pylint: disable=protected-access
+  for a, b in zip(search.predict_each(SHORT[:2]), apart.predict_each(SHORT[:2])):
+    assert (a.latex, a.scale) == (b.latex, b.scale)
+    assert [r["scale"] for r in a.readings] == [r["scale"] for r in b.readings]
+    np.testing.assert_allclose([r["score"] for r in a.readings],
+                               [r["score"] for r in b.readings], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a.attention, b.attention, rtol=1e-3, atol=1e-6)

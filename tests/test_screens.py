@@ -115,6 +115,15 @@ def test_spec_sampling_is_seeded_per_image():
   p = screens.sample_spec('pdflatex', screens.image_rng(0, 'pdflatex', 3))
   assert p['font'] in engines.FONTS and p['em_px'] == pytest.approx(
       p['pt'] / 72.27 * p['dpi'])
+  drawn = {screens.sample_spec('pdflatex', screens.image_rng(0, 'pdflatex', i),
+                                ['euler', 'pxfonts'])['font'] for i in range(40)}
+  assert drawn == {'euler', 'pxfonts'}
+  assert screens.parse_fonts('euler, pxfonts', 'pdflatex') == ['euler', 'pxfonts']
+  assert screens.parse_fonts(None, 'katex') is None
+  with pytest.raises(ValueError, match="'euler,comic': comic is not one of cm,euler"):
+    screens.parse_fonts('euler,comic', 'pdflatex')
+  with pytest.raises(ValueError, match='--engine katex has its own'):
+    screens.parse_fonts('euler', 'katex')
   assert screens.parse_list_arg('a/b.lst:0:7475') == ('a/b.lst', 0, 7475)
   assert screens.parse_list_arg('a/b.lst') == ('a/b.lst', None, None)
 

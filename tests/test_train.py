@@ -153,6 +153,23 @@ def test_plateau_halves_lr_when_loss_rises():
     assert float(st.scale) == want
 
 
+def test_cosine_schedule_hand_computed():
+  cfg = tiny_config()
+  cfg.optim.lr, cfg.optim.warmup_steps = 0.1, 10
+  cfg.optim.decay, cfg.optim.end_lr_factor = "cosine", 0.1
+  lr = optim.make_lr_schedule(cfg.optim, num_steps=110)
+  # warmup 0 -> 0.1 over 10 steps; then 0.01 + 0.09 * (1 + cos(pi * t)) / 2.
+  for step, want in [(0, 0.0), (5, 0.05), (10, 0.1), (60, 0.055), (110, 0.01)]:
+    np.testing.assert_allclose(float(lr(step)), want, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="needs a training length longer than the 10 warm-up"):
+    optim.make_lr_schedule(cfg.optim, num_steps=None)
+  cfg.optim.decay = "linear"
+  with pytest.raises(ValueError, match="'none' or 'cosine'"):
+    optim.make_lr_schedule(cfg.optim, num_steps=110)
+  cfg.optim.decay = "none"   # the default: constant after warmup
+  assert float(optim.make_lr_schedule(cfg.optim)(1000)) == pytest.approx(0.1)
+
+
 def test_per_tensor_clip():
   tx = optim.clip_by_per_tensor_norm(5.0)
   g = {"a": jnp.array([30.0, 40.0]), "b": jnp.array([3.0, 0.0])}

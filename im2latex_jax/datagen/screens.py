@@ -54,11 +54,13 @@ def image_rng(seed: int, engine: str, index: int) -> np.random.Generator:
   return np.random.default_rng([seed, ENGINE_IDS[engine], index])
 
 
-def sample_spec(engine: str, rng: np.random.Generator) -> dict[str, Any]:
-  """A random rendering of one formula on `engine` (see engines.render)."""
+def sample_spec(engine: str, rng: np.random.Generator,
+                fonts: Sequence[str] | None = None) -> dict[str, Any]:
+  """A random rendering of one formula on `engine` (see engines.render);
+  pdflatex draws its math font from `fonts` (default: every engines.FONTS)."""
   style = 'inline' if rng.uniform() < INLINE_SHARE else 'display'
   if engine == 'pdflatex':
-    spec = {'font': str(rng.choice(sorted(engines.FONTS))),
+    spec = {'font': str(rng.choice(sorted(fonts or engines.FONTS))),
             'pt': int(rng.choice(PDF_POINT_SIZES)),
             'dpi': int(rng.choice(PDF_DPIS)), 'style': style}
     spec['em_px'] = engines.em_px_of(spec)
@@ -119,14 +121,33 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--as', dest='mode', default='dataset',
                  choices=('dataset', 'screenshot'))
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--fonts', default=None,
+                 help='pdflatex only: comma-separated math fonts to draw from, '
+                 f'of {",".join(sorted(engines.FONTS))} (default: all)')
   p.add_argument('--workers', type=int, default=2)
   return p.parse_args(argv)
+
+
+def parse_fonts(arg: str | None, engine: str) -> list[str] | None:
+  """`--fonts` -> a list of engines.FONTS keys (None: all); ValueError names
+  what is wrong."""
+  if arg is None:
+    return None
+  if engine != 'pdflatex':
+    raise ValueError(f'--fonts chooses pdflatex math fonts; --engine {engine} has its own')
+  fonts = [f.strip() for f in arg.split(',') if f.strip()]
+  unknown = [f for f in fonts if f not in engines.FONTS]
+  if unknown or not fonts:
+    raise ValueError(f'--fonts {arg!r}: {", ".join(unknown) or "no font"} is not one of '
+                     f'{",".join(sorted(engines.FONTS))}')
+  return fonts
 
 
 def main(argv: list[str]) -> int:
   """Returns 0; 2 for bad arguments (one line on stderr)."""
   args = _parse_args(list(argv)[1:])
   try:
+    fonts = parse_fonts(args.fonts, args.engine)
     engines.check_engine(args.engine)
     formulas = layout.read_formulas(args.formulas)
     if args.split_list:
@@ -138,7 +159,7 @@ def main(argv: list[str]) -> int:
       indices = sorted(set(indices))
     else:
       indices = list(range(len(formulas)))
-  except (RuntimeError, OSError, layout.DataFormatError) as e:
+  except (RuntimeError, OSError, ValueError, layout.DataFormatError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   if args.n is not None:
@@ -154,7 +175,7 @@ def main(argv: list[str]) -> int:
   specs, looks = [], []
   for idx in indices:
     rng = image_rng(args.seed, args.engine, idx)
-    spec = sample_spec(args.engine, rng)
+    spec = sample_spec(args.engine, rng, fonts)
     specs.append(spec)
     looks.append(presentation.sample(rng, spec['em_px']))
   drawn = draw(args.engine, [formulas[i] for i in indices], specs, looks,

@@ -54,6 +54,10 @@ CONFIDENT_SCORE: float | None = None
 LOOP_SPAN = 24
 # Batch sizes a bucket group is padded to (see plan_batches).
 BATCH_SIZES = (1, 8, 32)
+# Batch sizes of the search's shared decoder (Predictor._read_together): a
+# decoder step is latency-bound on CPU (55 tokens: 20 ms at batch 1, 24 ms at
+# 4, 38 ms at 8 on 2 Xeon cores), so a round's readings pad to these freely.
+DECODE_BATCH_SIZES = (1, 4, 8, 32)
 
 NO_MODEL_MESSAGE = (
     "No model is shipped with this install yet; pass --workdir W of a training "
@@ -231,7 +235,8 @@ class Predictor:
                batch_sizes: tuple[int, ...] = BATCH_SIZES,
                scale_rounds: tuple[tuple[float, ...], ...] | None = None,
                loop_span: int = LOOP_SPAN,
-               confident_score: float | None = CONFIDENT_SCORE):
+               confident_score: float | None = CONFIDENT_SCORE,
+               shared_decoding: bool = True):
     self._loaded = loaded
     self.model_id = loaded.model_id
     self.vocab = loaded.vocab
@@ -257,12 +262,31 @@ class Predictor:
     self._lock = threading.Lock()
     self._fns: dict[int, Any] = {}  # beam -> jitted predict fn
     self._compiled: dict[tuple[int, tuple[int, int], int], Any] = {}
+    # The search's readings: encoder per (bucket, batch), then one greedy
+    # decoder per (batch, feature cells) for a round's encodings together.
+    self._encode_fn = inference.make_encode_fn(loaded.model)
+    self._greedy_fn = inference.make_greedy_fn(
+        loaded.model, max_len=self.max_len, collect_attention=True, loop_span=self.loop_span)
+    self._encoders: dict[tuple[tuple[int, int], int], Any] = {}
+    self._decoders: dict[tuple[int, int], Any] = {}
+    # False: the search reads each canvas group encode-and-decode, as before
+    # 2026-12-02 (benchmarks/latency.py compares); None: known at the first
+    # encoding (inference.can_pad_encodings).
+    self._shared_decoding: bool | None = None if shared_decoding else False
 
   @property
   def compiled_keys(self) -> list[tuple[int, tuple[int, int], int]]:
-    """(beam, bucket, batch) of every program compiled so far."""
+    """(beam, bucket, batch) of every encode-and-decode program compiled so
+    far (the glyph-size search's are in `search_compiled_keys`)."""
     with self._lock:
       return list(self._compiled)
+
+  @property
+  def search_compiled_keys(self) -> tuple[list, list]:
+    """The search's programs: ([(bucket, batch) encoders], [(batch, feature
+    cells) decoders])."""
+    with self._lock:
+      return list(self._encoders), list(self._decoders)
 
   def _executable(self, beam: int, bucket: tuple[int, int], batch: int):
     """The compiled program for these shapes; compiles it once. Holds _lock."""
@@ -318,6 +342,8 @@ class Predictor:
     winning scale is decoded again with the beam. (Scoring only the first 24
     tokens of each candidate was tried: it cost 2-5 BLEU on the screenshot
     benchmark and saved ~6 % of the time, the encoder being most of it.)
+    A round's readings are encoded canvas by canvas and decoded in one batch
+    (`_read_together`): the same readings, ~10-15 % less time on 2 cores.
     With `scale_rounds=()` an image is read once, at
     `preprocess.estimate_scale`.
 
@@ -377,7 +403,7 @@ class Predictor:
         jobs.extend(js)
         if err is not None:
           errors[i] = err
-      preds = self._predict_normalized([j for _, j in jobs], 1, attention=False)
+      preds = self._read_together([j for _, j in jobs])
       for (i, job), (p, raw) in zip(jobs, preds):
         score = p.logprob / (len(p.tokens) + 1)
         readings.setdefault(i, []).append(
@@ -492,6 +518,78 @@ class Predictor:
     keys = [k for k in ("tokens", "logprobs", "token_logprobs", "attention",
                         "feature_hw", "looped") if k in out]
     return [{k: np.asarray(out[k][i]) for k in keys} for i in range(n)], seconds
+
+  def _read_together(self, normalized: list[tuple[np.ndarray, float, float]]
+                     ) -> list[tuple[Prediction, dict[str, np.ndarray]]]:
+    """Greedy readings of the glyph-size search, as `_predict_normalized(...,
+    1, attention=False)` gives them, but cheaper: each image is encoded on its
+    own canvas, and then all are decoded together, their encodings padded to
+    the largest's feature cells (masked: each decodes as it would alone; a
+    round's 2-4 readings of an image cost one decoder's time instead of 2-4).
+    Models whose encoding `inference.pad_encodings` does not know read
+    one bucket at a time."""
+    if self._shared_decoding is False or not normalized:
+      return self._predict_normalized(normalized, 1, attention=False)
+    t_start = time.perf_counter()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (g, _, _) in enumerate(normalized):
+      groups.setdefault(g.shape, []).append(i)
+    encs: list[dict[str, np.ndarray]] = [{}] * len(normalized)
+    seconds = [0.0] * len(normalized)
+    for bucket, idxs in groups.items():
+      start = 0
+      for count, batch in plan_batches(len(idxs), self.batch_sizes):
+        part, start = idxs[start:start + count], start + count
+        images = [normalized[i][0] for i in part]
+        x = np.stack(images + [images[-1]] * (batch - count))[..., None]
+        hw = np.tile(np.array([bucket], np.int32), (batch, 1))
+        with self._lock:
+          exe = self._encoders.get((bucket, batch))
+          if exe is None:
+            exe = self._encoders[(bucket, batch)] = self._encode_fn.lower(
+                self._loaded.variables, jax.ShapeDtypeStruct(x.shape, jnp.uint8),
+                jax.ShapeDtypeStruct(hw.shape, jnp.int32)).compile()
+          t = time.perf_counter()
+          out = jax.device_get(exe(self._loaded.variables, x, hw))
+          took = time.perf_counter() - t
+        if self._shared_decoding is None:
+          self._shared_decoding = inference.can_pad_encodings(out)
+          if not self._shared_decoding:
+            return self._predict_normalized(normalized, 1, attention=False)
+        for k, i in enumerate(part):
+          encs[i] = {key: np.asarray(v[k:k + 1]) for key, v in out.items()}
+          seconds[i] = took
+    results: list = [None] * len(normalized)
+    order = sorted(range(len(normalized)), key=lambda i: encs[i]["mask"].shape[1])
+    largest = DECODE_BATCH_SIZES[-1]
+    for start in range(0, len(order), largest):
+      chunk = order[start:start + largest]
+      batch = min(b for b in DECODE_BATCH_SIZES if b >= len(chunk))
+      cells = encs[chunk[-1]]["mask"].shape[1]
+      enc = inference.pad_encodings(
+          [encs[i] for i in chunk] + [encs[chunk[-1]]] * (batch - len(chunk)), cells)
+      with self._lock:
+        exe = self._decoders.get((batch, cells))
+        if exe is None:
+          exe = self._decoders[(batch, cells)] = self._greedy_fn.lower(
+              self._loaded.variables,
+              {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in enc.items()}).compile()
+        t = time.perf_counter()
+        out = jax.device_get(exe(self._loaded.variables, enc))
+        took = time.perf_counter() - t
+      for k, i in enumerate(chunk):
+        raw = {key: np.asarray(out[key][k]) for key in
+               ("tokens", "logprobs", "token_logprobs", "attention", "feature_hw", "looped")
+               if key in out}
+        raw["attention"] = raw["attention"][:, :encs[i]["mask"].shape[1]]
+        t = time.perf_counter()
+        p = self._prediction(raw, normalized[i][0], attention=False)
+        p.scale = normalized[i][1]
+        p.timings = {"preprocess": normalized[i][2], "encode_decode": seconds[i] + took,
+                     "postprocess": time.perf_counter() - t,
+                     "total": time.perf_counter() - t_start}
+        results[i] = (p, raw)
+    return results
 
   def _kept(self, out: dict[str, np.ndarray]) -> tuple[list[int], list[int], bool]:
     """(decoding steps kept, their ids, looped): the sequence cut at EOS, PAD/BOS

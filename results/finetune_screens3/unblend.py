@@ -1,0 +1,39 @@
+"""Recovers the fine-tuned weights behind a WiSE-FT blend.
+
+v2 = a * tuned + (1 - a) * base (`export-model --blend`), so
+tuned = (v2 - (1 - a) * base) / a. The v2 file is bfloat16, so the result
+carries that rounding divided by a (~0.5 % of a weight for a = 0.4): good
+enough to continue training from, not a bit-exact copy of the run.
+
+  python results/finetune_screens3/unblend.py BLEND_DIR BASE_DIR OUT_DIR
+"""
+
+import sys
+
+import flax.traverse_util
+import numpy as np
+
+from im2latex_jax.infer import inference
+
+
+def main(argv):
+  blend_dir, base_dir, out = argv[1:4]
+  blend, base = inference.load_model(blend_dir), inference.load_model(base_dir)
+  meta = inference.checkpointing.read_exported(blend_dir)[1]
+  a = float(meta["blend"]["alpha"])
+  bad = inference.mismatched_leaves(blend.variables, base.variables)
+  if bad or blend.vocab.tokens != base.vocab.tokens:
+    sys.exit(f"error: {base_dir} is not the base of {blend_dir} ({bad[:1] or 'vocabulary'})")
+  v = flax.traverse_util.flatten_dict(blend.variables, sep="/")
+  b = flax.traverse_util.flatten_dict(base.variables, sep="/")
+  tuned = flax.traverse_util.unflatten_dict(
+      {k: (np.asarray(v[k], np.float32) - (1 - a) * np.asarray(b[k], np.float32)) / a
+       for k in v}, sep="/")
+  inference.write_exported(out, tuned, blend.config, blend.vocab,
+                           {"step": blend.step, "model_id": meta["blend"]["tuned"] + "~unblended"},
+                           dtype="float32")
+  print(f"{meta['blend']['tuned']} recovered from {blend_dir} (alpha {a}) -> {out}")
+
+
+if __name__ == "__main__":
+  main(sys.argv)
