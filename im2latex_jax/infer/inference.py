@@ -224,6 +224,13 @@ def blend_variables(tuned: LoadedModel, base: LoadedModel, alpha: float) -> dict
   """
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"the blend weight must be in [0, 1], got {alpha}.")
+  check_blendable(tuned, base)
+  return lerp_variables(tuned.variables, base.variables, alpha)
+
+
+def check_blendable(tuned: LoadedModel, base: LoadedModel) -> None:
+  """Raises ValueError (one line) unless the two are one network with one
+  vocabulary (a model and one fine-tuned from it)."""
   if tuned.vocab.tokens != base.vocab.tokens:
     raise ValueError(f"{base.model_id} has another vocabulary ({len(base.vocab)} tokens) than "
                      f"{tuned.model_id} ({len(tuned.vocab)}): only a model and one fine-tuned "
@@ -233,8 +240,12 @@ def blend_variables(tuned: LoadedModel, base: LoadedModel, alpha: float) -> dict
     raise ValueError(f"{base.model_id} is another network than {tuned.model_id} "
                      f"({len(bad)} parameters differ, e.g. {bad[0]}): blend a model with one "
                      "fine-tuned from it.")
-  want = flax.traverse_util.flatten_dict(tuned.variables, sep="/")
-  have = flax.traverse_util.flatten_dict(base.variables, sep="/")
+
+
+def lerp_variables(tuned: dict[str, Any], base: dict[str, Any], alpha: float) -> dict[str, Any]:
+  """`alpha * tuned + (1 - alpha) * base`, leaf by leaf, in float32."""
+  want = flax.traverse_util.flatten_dict(tuned, sep="/")
+  have = flax.traverse_util.flatten_dict(base, sep="/")
   return flax.traverse_util.unflatten_dict(
       {k: (alpha * np.asarray(want[k], np.float32)
            + (1.0 - alpha) * np.asarray(have[k], np.float32)) for k in want}, sep="/")
@@ -250,7 +261,7 @@ def export_model(workdir: str, out_dir: str, step: int | str = "best",
   """
   lm = load_model(workdir, step)
   variables = lm.variables
-  meta = {"step": lm.step, "model_id": lm.model_id, "dtype": dtype, **(extra_meta or {})}
+  meta = {"step": lm.step, "model_id": lm.model_id, **(extra_meta or {})}
   if blend is not None:
     base = load_model(blend)
     variables = blend_variables(lm, base, alpha)

@@ -290,20 +290,39 @@ class Predictor:
 
   def _executable(self, beam: int, bucket: tuple[int, int], batch: int):
     """The compiled program for these shapes; compiles it once. Holds _lock."""
-    key = (beam, bucket, batch)
-    exe = self._compiled.get(key)
+    fn = self._fns.get(beam)
+    if fn is None:
+      fn = self._fns[beam] = make_predict_fn(
+          self._loaded.model, beam_size=beam, max_len=self.max_len,
+          length_penalty=self.length_penalty, loop_span=self.loop_span)
+    h, w = bucket
+    return self._compile_once(self._compiled, (beam, bucket, batch), fn,
+                              jax.ShapeDtypeStruct((batch, h, w, 1), jnp.uint8),
+                              jax.ShapeDtypeStruct((batch, 2), jnp.int32))
+
+  def _compile_once(self, cache: dict, key, fn, *args):
+    """cache[key], else `fn(variables, *args)` lowered for the shapes of args
+    (arrays or ShapeDtypeStructs), compiled and kept there. Holds _lock."""
+    exe = cache.get(key)
     if exe is None:
-      fn = self._fns.get(beam)
-      if fn is None:
-        fn = self._fns[beam] = make_predict_fn(
-            self._loaded.model, beam_size=beam, max_len=self.max_len,
-            length_penalty=self.length_penalty, loop_span=self.loop_span)
-      h, w = bucket
-      exe = fn.lower(self._loaded.variables,
-                     jax.ShapeDtypeStruct((batch, h, w, 1), jnp.uint8),
-                     jax.ShapeDtypeStruct((batch, 2), jnp.int32)).compile()
-      self._compiled[key] = exe
+      shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), args)
+      exe = cache[key] = fn.lower(self._loaded.variables, *shapes).compile()
     return exe
+
+  def _timed(self, exe, *args) -> tuple[dict[str, np.ndarray], float]:
+    """(numpy outputs of exe(variables, *args), seconds). Holds _lock."""
+    t = time.perf_counter()
+    out = jax.device_get(exe(self._loaded.variables, *args))
+    return out, time.perf_counter() - t
+
+  @staticmethod
+  def _stacked(images: list[np.ndarray], bucket: tuple[int, int], batch: int):
+    """(images [batch, H, W, 1] uint8, image_hw [batch, 2]) of one bucket,
+    padded with copies of the last image rather than blank ones: the search
+    stops when every sequence has ended, and a copy ends exactly when its
+    original does, while a blank image might run to max_len."""
+    x = np.stack(images + [images[-1]] * (batch - len(images)))[..., None]
+    return x, np.tile(np.array([bucket], np.int32), (batch, 1))
 
   def warmup(self, buckets=None, batch_sizes=(1,), beam_sizes=(1,)) -> None:
     """Compiles ahead of the first request (default: every bucket, batch 1)."""
@@ -504,17 +523,9 @@ class Predictor:
            batch: int) -> tuple[list[dict[str, np.ndarray]], float]:
     """Runs images padded to `batch`; returns per-image numpy outputs and seconds."""
     n = len(images)
-    # Pad with copies of a real image rather than blank ones: the search stops
-    # when every sequence has ended, and a copy ends exactly when its original
-    # does, while a blank image might run to max_len.
-    padded = images + [images[-1]] * (batch - n)
-    x = np.stack(padded)[..., None]  # [batch, H, W, 1] uint8
-    hw = np.tile(np.array([bucket], np.int32), (batch, 1))  # [batch, 2]
+    x, hw = self._stacked(images, bucket, batch)
     with self._lock:
-      exe = self._executable(beam, tuple(bucket), batch)
-      t = time.perf_counter()
-      out = jax.device_get(exe(self._loaded.variables, x, hw))
-      seconds = time.perf_counter() - t
+      out, seconds = self._timed(self._executable(beam, tuple(bucket), batch), x, hw)
     keys = [k for k in ("tokens", "logprobs", "token_logprobs", "attention",
                         "feature_hw", "looped") if k in out]
     return [{k: np.asarray(out[k][i]) for k in keys} for i in range(n)], seconds
@@ -540,18 +551,10 @@ class Predictor:
       start = 0
       for count, batch in plan_batches(len(idxs), self.batch_sizes):
         part, start = idxs[start:start + count], start + count
-        images = [normalized[i][0] for i in part]
-        x = np.stack(images + [images[-1]] * (batch - count))[..., None]
-        hw = np.tile(np.array([bucket], np.int32), (batch, 1))
+        x, hw = self._stacked([normalized[i][0] for i in part], bucket, batch)
         with self._lock:
-          exe = self._encoders.get((bucket, batch))
-          if exe is None:
-            exe = self._encoders[(bucket, batch)] = self._encode_fn.lower(
-                self._loaded.variables, jax.ShapeDtypeStruct(x.shape, jnp.uint8),
-                jax.ShapeDtypeStruct(hw.shape, jnp.int32)).compile()
-          t = time.perf_counter()
-          out = jax.device_get(exe(self._loaded.variables, x, hw))
-          took = time.perf_counter() - t
+          exe = self._compile_once(self._encoders, (bucket, batch), self._encode_fn, x, hw)
+          out, took = self._timed(exe, x, hw)
         if self._shared_decoding is None:
           self._shared_decoding = inference.can_pad_encodings(out)
           if not self._shared_decoding:
@@ -569,14 +572,8 @@ class Predictor:
       enc = inference.pad_encodings(
           [encs[i] for i in chunk] + [encs[chunk[-1]]] * (batch - len(chunk)), cells)
       with self._lock:
-        exe = self._decoders.get((batch, cells))
-        if exe is None:
-          exe = self._decoders[(batch, cells)] = self._greedy_fn.lower(
-              self._loaded.variables,
-              {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in enc.items()}).compile()
-        t = time.perf_counter()
-        out = jax.device_get(exe(self._loaded.variables, enc))
-        took = time.perf_counter() - t
+        exe = self._compile_once(self._decoders, (batch, cells), self._greedy_fn, enc)
+        out, took = self._timed(exe, enc)
       for k, i in enumerate(chunk):
         raw = {key: np.asarray(out[key][k]) for key in
                ("tokens", "logprobs", "token_logprobs", "attention", "feature_hw", "looped")

@@ -10,25 +10,21 @@ enough to continue training from, not a bit-exact copy of the run.
 
 import sys
 
-import flax.traverse_util
-import numpy as np
-
+from im2latex_jax import checkpointing
 from im2latex_jax.infer import inference
 
 
 def main(argv):
   blend_dir, base_dir, out = argv[1:4]
   blend, base = inference.load_model(blend_dir), inference.load_model(base_dir)
-  meta = inference.checkpointing.read_exported(blend_dir)[1]
+  meta = checkpointing.read_exported(blend_dir)[1]
   a = float(meta["blend"]["alpha"])
-  bad = inference.mismatched_leaves(blend.variables, base.variables)
-  if bad or blend.vocab.tokens != base.vocab.tokens:
-    sys.exit(f"error: {base_dir} is not the base of {blend_dir} ({bad[:1] or 'vocabulary'})")
-  v = flax.traverse_util.flatten_dict(blend.variables, sep="/")
-  b = flax.traverse_util.flatten_dict(base.variables, sep="/")
-  tuned = flax.traverse_util.unflatten_dict(
-      {k: (np.asarray(v[k], np.float32) - (1 - a) * np.asarray(b[k], np.float32)) / a
-       for k in v}, sep="/")
+  try:
+    inference.check_blendable(blend, base)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  # tuned = (blend - (1 - a) * base) / a: the lerp at 1 / a (> 1, extrapolating).
+  tuned = inference.lerp_variables(blend.variables, base.variables, 1.0 / a)
   inference.write_exported(out, tuned, blend.config, blend.vocab,
                            {"step": blend.step, "model_id": meta["blend"]["tuned"] + "~unblended"},
                            dtype="float32")
