@@ -144,3 +144,13 @@ def test_generated_formulas_compile():
   results = render.render_formulas(out, dpi=50, workers=2)
   failed = [(out[r.index], r.error) for r in results if r.error]
   assert len(failed) <= 1, failed
+
+
+def test_read_split_formulas_takes_a_slice_of_a_list(tmp_path):
+  # The holdout protocol passes `validate.lst:0:7475`: only those lines count.
+  (tmp_path / 'f.lst').write_text('a\nb\nc\nd\n')
+  (tmp_path / 's.lst').write_text('x0.png 3\nx1.png 1\nx2.png 0\n')
+  read = formula_gen.read_split_formulas
+  assert read(str(tmp_path / 'f.lst'), [str(tmp_path / 's.lst')]) == ['d', 'b', 'a']
+  assert read(str(tmp_path / 'f.lst'), [str(tmp_path / 's.lst:0:2')]) == ['d', 'b']
+  assert read(str(tmp_path / 'f.lst'), [str(tmp_path / 's.lst:1:')]) == ['b', 'a']

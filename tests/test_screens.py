@@ -124,8 +124,8 @@ def test_spec_sampling_is_seeded_per_image():
     screens.parse_fonts('euler,comic', 'pdflatex')
   with pytest.raises(ValueError, match='--engine katex has its own'):
     screens.parse_fonts('euler', 'katex')
-  assert screens.parse_list_arg('a/b.lst:0:7475') == ('a/b.lst', 0, 7475)
-  assert screens.parse_list_arg('a/b.lst') == ('a/b.lst', None, None)
+  assert layout.parse_list_arg('a/b.lst:0:7475') == ('a/b.lst', 0, 7475)
+  assert layout.parse_list_arg('a/b.lst') == ('a/b.lst', None, None)
 
 
 @pytest.mark.slow

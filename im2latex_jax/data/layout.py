@@ -86,6 +86,22 @@ def read_split_list(path: str, num_formulas: int) -> list[tuple[str, int]]:
   return out
 
 
+def parse_list_arg(arg: str) -> tuple[str, int | None, int | None]:
+  """`FILE` or `FILE:START:STOP` (a slice of its lines, as `validation[a:b]`)
+  -> (path, start, stop)."""
+  parts = arg.rsplit(":", 2)
+  if len(parts) == 3 and all(p == "" or p.lstrip("-").isdigit() for p in parts[1:]):
+    return parts[0], (int(parts[1]) if parts[1] else None), (
+        int(parts[2]) if parts[2] else None)
+  return arg, None, None
+
+
+def read_split_list_arg(arg: str, num_formulas: int) -> list[tuple[str, int]]:
+  """read_split_list of a `FILE[:START:STOP]` argument (parse_list_arg)."""
+  path, start, stop = parse_list_arg(arg)
+  return read_split_list(path, num_formulas)[start:stop]
+
+
 def check_data_dir(path: str) -> list[str]:
   """Returns the splits present in a data dir, or raises a clear error."""
   if not os.path.isdir(path):

@@ -310,11 +310,12 @@ def generate_formulas(train_formulas: list[str], n: int,
 def read_split_formulas(formulas_path: str, split_lists: Sequence[str]
                         ) -> list[str]:
   """Formulas of the examples in im2markup split lists (`name index`), each
-  once, in list order; read by data/layout.py (the one reader of the format)."""
+  once, in list order; each list `FILE` or `FILE:START:STOP` (a slice of its
+  lines); read by data/layout.py (the one reader of the format)."""
   lines = layout.read_formulas(formulas_path)
   out, seen = [], set()
   for path in split_lists:
-    for _, idx in layout.read_split_list(path, len(lines)):
+    for _, idx in layout.read_split_list_arg(path, len(lines)):
       if idx not in seen and lines[idx].strip():
         seen.add(idx)
         out.append(lines[idx].strip())
@@ -330,8 +331,9 @@ def main(argv: Sequence[str]) -> int:
   p.add_argument('--formulas', required=True,
                  help='im2latex_formulas.norm.lst (one formula a line)')
   p.add_argument('--split-list', required=True, action='append',
-                 help='training split list(s) "<image> <formula index>"; '
-                 'repeat for several. Never pass an evaluation split.')
+                 help='training split list(s) "<image> <formula index>", '
+                 'FILE:START:STOP for a slice of its lines; repeat for several. '
+                 'Never pass an evaluation split.')
   p.add_argument('--n', type=int, default=20000, help='how many formulas')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', required=True, help='output file, one a line')

@@ -94,15 +94,6 @@ def to_dataset(rgb: np.ndarray, em_px: float) -> np.ndarray:
                                     overflow=False)
 
 
-def parse_list_arg(arg: str) -> tuple[str, int | None, int | None]:
-  """`FILE`, `FILE:START:STOP` (a slice of its lines, as `validation[a:b]`)."""
-  parts = arg.rsplit(':', 2)
-  if len(parts) == 3 and all(p == '' or p.lstrip('-').isdigit() for p in parts[1:]):
-    return parts[0], (int(parts[1]) if parts[1] else None), (
-        int(parts[2]) if parts[2] else None)
-  return arg, None, None
-
-
 def _parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       prog='im2latex-jax render-screens', description=__doc__,
@@ -153,9 +144,7 @@ def main(argv: list[str]) -> int:
     if args.split_list:
       indices = []
       for arg in args.split_list:
-        path, start, stop = parse_list_arg(arg)
-        pairs = layout.read_split_list(path, len(formulas))[start:stop]
-        indices.extend(idx for _, idx in pairs)
+        indices.extend(idx for _, idx in layout.read_split_list_arg(arg, len(formulas)))
       indices = sorted(set(indices))
     else:
       indices = list(range(len(formulas)))
