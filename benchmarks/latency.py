@@ -114,7 +114,9 @@ def screenshot_latency(args) -> dict:
   policies = {"one_reading": dict(scale_rounds=()), "search": dict(confident_score=None),
               # The search as before 2026-12-02: each canvas group encoded and
               # decoded on its own (no shared decoder batch).
-              "search_per_bucket": dict(confident_score=None, shared_decoding=False)}
+              "search_per_bucket": dict(confident_score=None, shared_decoding=False),
+              # Candidates encoded on preprocess.canvas_ladder's fine canvases.
+              "search_fine": dict(confident_score=None, canvases="fine")}
   for t in (float(v) for v in args.confident.split(",") if v):
     policies[f"search_confident@{t:g}"] = dict(confident_score=t)
   result = {"device": _device(), "model": loaded.model_id, "images": len(images),

@@ -428,3 +428,26 @@ def test_search_readings_decoded_together_equal_one_bucket_at_a_time(predictor):
     np.testing.assert_allclose([r["score"] for r in a.readings],
                                [r["score"] for r in b.readings], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(a.attention, b.attention, rtol=1e-3, atol=1e-6)
+
+
+def test_fine_canvases_read_the_same_pixels_with_less_padding(predictor):
+  """Predictor(canvases='fine') encodes each search candidate on the smallest
+  canvas of preprocess.canvas_ladder that holds it: the training bucket's
+  top-left corner, so smaller; the shared decoder still compiles only
+  decode_cells' sizes."""
+  loaded = predictor._loaded  # pylint: disable=protected-access
+  fine = predictor_lib.Predictor(loaded, canvases="fine")
+  coarse = predictor_lib.Predictor(loaded)
+  scales = [1.0, 0.8, 1.0]
+  a = fine.predict_each([SHORT[0], LONG, SHORT[1]], scales=scales)
+  b = coarse.predict_each([SHORT[0], LONG, SHORT[1]], scales=scales)
+  for p, q in zip(a, b):
+    h, w = p.image.shape
+    assert p.image.shape in fine.canvases and p.image.size <= q.image.size
+    np.testing.assert_array_equal(p.image, q.image[:h, :w])
+  assert any(p.image.size < q.image.size for p, q in zip(a, b))
+  fine.predict_each(SHORT + [LONG])  # the search
+  _, decoders = fine.search_compiled_keys
+  assert decoders and all(cells == predictor_lib.decode_cells(cells) for _, cells in decoders)
+  with pytest.raises(ValueError, match="canvases"):
+    predictor_lib.Predictor(loaded, canvases="tight")

@@ -288,3 +288,40 @@ def test_noise_is_not_a_formula():
   noise = np.random.default_rng(0).integers(0, 256, (1500, 1500), dtype=np.uint8)
   with pytest.raises(preprocess.ImageError, match='does not look like a formula'):
     preprocess.crop_formula(noise)
+
+
+def test_canvas_ladder_holds_the_buckets_and_steps_by_at_most_its_factor():
+  buckets = [(50, 200), (50, 280), (50, 400), (100, 500), (160, 500)]
+  ladder = preprocess.canvas_ladder(buckets, step=1.25)
+  assert set(buckets) <= set(ladder)
+  areas = [h * w for h, w in ladder]
+  assert areas == sorted(areas)  # first_fit picks the smallest that holds
+  hs, ws = sorted({h for h, _ in ladder}), sorted({w for _, w in ladder})
+  assert (hs[0], hs[-1], ws[0], ws[-1]) == (50, 160, 100, 500)
+  assert all(b / a <= 1.25 + 1e-3 for a, b in zip(hs, hs[1:]))
+  assert all(b / a <= 1.25 + 1e-3 for a, b in zip(ws, ws[1:]))
+  # 100 -> 200 takes four steps of 2 ** (1 / 4): 119, 141, 168.
+  assert ws[:5] == [100, 119, 141, 168, 200]
+  with pytest.raises(ValueError, match='step'):
+    preprocess.canvas_ladder(buckets, step=1.0)
+
+
+def test_place_on_the_ladder_is_the_buckets_top_left_corner():
+  """A formula on its fine canvas is the same pixels as on its training
+  bucket, less the white padding to the bottom and right."""
+  buckets = ((50, 200), (50, 280), (50, 400), (100, 500), (160, 500))
+  ladder = preprocess.canvas_ladder(buckets)
+  rng = np.random.default_rng(0)
+  smaller = 0
+  for h, w in ((12, 30), (30, 150), (45, 300), (80, 420), (140, 480)):
+    ink = np.full((h, w), 255, np.uint8)
+    ink[rng.integers(0, h, 40), rng.integers(0, w, 40)] = 0
+    ink[0, 0] = ink[-1, -1] = 0  # the crop's box is the whole array
+    coarse = preprocess.place(ink, 1.0, buckets)
+    fine = preprocess.place(ink, 1.0, ladder)
+    fh, fw = fine.shape
+    assert fh >= h + 2 * preprocess.MARGIN and fw >= w + 2 * preprocess.MARGIN
+    np.testing.assert_array_equal(fine, coarse[:fh, :fw])
+    assert (coarse[fh:] == 255).all() and (coarse[:, fw:] == 255).all()
+    smaller += fine.size < coarse.size
+  assert smaller == 3  # the last two need their bucket's full width (no canvas between)

@@ -59,6 +59,22 @@ BATCH_SIZES = (1, 8, 32)
 # 4, 38 ms at 8 on 2 Xeon cores), so a round's readings pad to these freely.
 DECODE_BATCH_SIZES = (1, 4, 8, 32)
 
+# Feature-cell counts the shared decoder pads a round's encodings to
+# (`decode_cells`): one decoder program per (batch, value), whatever canvases
+# the candidates were encoded on; attention over the masked extra cells costs
+# little beside the decoder's LSTM.
+DECODE_CELL_STEP = 1.25
+
+
+def decode_cells(cells: int, step: float = DECODE_CELL_STEP) -> int:
+  """The smallest of 64 * step**k (k = 0, 1, ..., rounded up to a multiple of
+  8) that is >= cells."""
+  c = 64.0
+  while int(np.ceil(c / 8) * 8) < cells:
+    c *= step
+  return int(np.ceil(c / 8) * 8)
+
+
 NO_MODEL_MESSAGE = (
     "No model is shipped with this install yet; pass --workdir W of a training "
     "run (e.g. after `im2latex-jax train --config configs/quickstart.py "
@@ -236,12 +252,20 @@ class Predictor:
                scale_rounds: tuple[tuple[float, ...], ...] | None = None,
                loop_span: int = LOOP_SPAN,
                confident_score: float | None = CONFIDENT_SCORE,
-               shared_decoding: bool = True):
+               shared_decoding: bool = True,
+               canvases: str = "buckets"):
     self._loaded = loaded
     self.model_id = loaded.model_id
     self.vocab = loaded.vocab
     self.config = loaded.config
     self.buckets = buckets_lib.parse_buckets(loaded.config.input.buckets)
+    # What the glyph-size search encodes its candidates on: "buckets", the
+    # training buckets (as the model was trained), or "fine", the smallest
+    # of preprocess.canvas_ladder(buckets) (less white padding to encode).
+    if canvases not in ("buckets", "fine"):
+      raise ValueError(f"canvases={canvases!r}: choose 'buckets' or 'fine'")
+    self.canvases = (self.buckets if canvases == "buckets"
+                     else preprocess.canvas_ladder(self.buckets))
     self.max_len = int(loaded.config.evals.max_decode_len)
     self.length_penalty = float(loaded.config.evals.get("length_penalty", 0.0))
     self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
@@ -400,7 +424,7 @@ class Predictor:
       for sc in scs:
         t = time.perf_counter()
         try:
-          g = preprocess.place(crops[i].ink, sc, self.buckets)
+          g = preprocess.place(crops[i].ink, sc, self.canvases)
         except preprocess.ImageError as e:
           error = e
           continue
@@ -568,7 +592,7 @@ class Predictor:
     for start in range(0, len(order), largest):
       chunk = order[start:start + largest]
       batch = min(b for b in DECODE_BATCH_SIZES if b >= len(chunk))
-      cells = encs[chunk[-1]]["mask"].shape[1]
+      cells = decode_cells(encs[chunk[-1]]["mask"].shape[1])
       enc = inference.pad_encodings(
           [encs[i] for i in chunk] + [encs[chunk[-1]]] * (batch - len(chunk)), cells)
       with self._lock:

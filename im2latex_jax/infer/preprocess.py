@@ -622,6 +622,41 @@ def dedup_scales(scales: Sequence[float], seen: Sequence[float] = ()
   return out
 
 
+# Inference canvases between the training buckets (`canvas_ladder`): the
+# benchmark's screenshots fill about half of the training bucket they land
+# on (area-weighted), and the encoder costs in proportion to the area.
+CANVAS_STEP = 1.25
+
+
+def canvas_ladder(buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
+                  step: float = CANVAS_STEP, min_hw: tuple[int, int] | None = None
+                  ) -> tuple[tuple[int, int], ...]:
+  """The training buckets and canvases between them, by area (first_fit's order).
+
+  Each side's values run from `min_hw` (default: the smallest bucket height
+  and half the smallest bucket width) to the largest bucket's, through every
+  bucket's own value, at most a factor `step` apart (geometric in between);
+  every (height, width) pair is a canvas. A formula placed on the first one
+  that holds it carries at most ~`step`x white on each side instead of the
+  training bucket's, so the encoder reads less padding.
+  """
+  if not step > 1:
+    raise ValueError(f'step={step} must be > 1')
+  lo_h, lo_w = min_hw or (min(b[0] for b in buckets), min(b[1] for b in buckets) // 2)
+
+  def side(values, lo):
+    vals = sorted({v for v in values if v >= lo} | {lo})
+    out = [vals[0]]
+    for a, b in zip(vals, vals[1:]):
+      k = int(np.ceil(np.log(b / a) / np.log(step) - 1e-9))
+      out += [int(round(a * (b / a) ** (i / k))) for i in range(1, k + 1)]
+    return out
+
+  hs = side([b[0] for b in buckets], lo_h)
+  ws = side([b[1] for b in buckets], lo_w)
+  return tuple(sorted(((h, w) for h in hs for w in ws), key=lambda c: (c[0] * c[1], c)))
+
+
 def place(ink: np.ndarray, scale: float,
           buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS, *,
           overflow: bool = True) -> np.ndarray:
