@@ -654,7 +654,9 @@ def canvas_ladder(buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
 
   hs = side([b[0] for b in buckets], lo_h)
   ws = side([b[1] for b in buckets], lo_w)
-  return tuple(sorted(((h, w) for h in hs for w in ws), key=lambda c: (c[0] * c[1], c)))
+  # By area, the project's one bucket order (on a full grid, ties between
+  # equal areas never decide: the smaller sides' canvas is on it too).
+  return buckets_lib.parse_buckets([(h, w) for h in hs for w in ws])
 
 
 def place(ink: np.ndarray, scale: float,
