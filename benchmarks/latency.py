@@ -18,8 +18,10 @@ images/s through `predict()` for batches of 1, 8 and 32 images of one bucket.
 With `--screenshots DIR` it times a real model (`--workdir`, default the
 shipped one) on real screenshots instead (e.g. a screenshot-benchmark
 condition's `formula_images_processed/`), one image per call, warm: one
-reading at the old estimate, the full glyph-size search, and the search with
-an early stop at each `--confident` threshold (Predictor.confident_score).
+reading at the old estimate, the full glyph-size search (the default, on
+fine canvases; on the training buckets; and on the buckets without the shared
+decoder, as in sessions 2-6), and the search with an early stop at each
+`--confident` threshold (Predictor.confident_score).
 
     python benchmarks/latency.py --screenshots OUT/images/katex-16px/formula_images_processed \
         --n 20 --confident=-0.05,-0.1
@@ -111,19 +113,23 @@ def screenshot_latency(args) -> dict:
   images = [np.asarray(Image.open(os.path.join(args.screenshots, f)).convert("RGB"))
             for f in names]
   loaded = (predictor_lib.load_predictor(args.workdir)._loaded)  # pylint: disable=protected-access
-  policies = {"one_reading": dict(scale_rounds=()), "search": dict(confident_score=None),
-              # The search as before 2026-12-02: each canvas group encoded and
-              # decoded on its own (no shared decoder batch).
-              "search_per_bucket": dict(confident_score=None, shared_decoding=False),
-              # Candidates encoded on preprocess.canvas_ladder's fine canvases.
-              "search_fine": dict(confident_score=None, canvases="fine")}
+  policies = {"one_reading": dict(scale_rounds=()),
+              # The default: candidates on preprocess.canvas_ladder's fine canvases.
+              "search": dict(confident_score=None),
+              # Candidates on the training buckets (the default before session 9).
+              "search_buckets": dict(confident_score=None, canvases="buckets"),
+              # The search of sessions 2-6: on the buckets, each canvas group
+              # encoded and decoded on its own (no shared decoder batch).
+              "search_per_bucket": dict(confident_score=None, shared_decoding=False,
+                                        canvases="buckets")}
   for t in (float(v) for v in args.confident.split(",") if v):
     policies[f"search_confident@{t:g}"] = dict(confident_score=t)
   result = {"device": _device(), "model": loaded.model_id, "images": len(images),
             "dir": args.screenshots, "loadavg_before": list(os.getloadavg())}
   preds = {name: predictor_lib.Predictor(loaded, **kw) for name, kw in policies.items()}
-  for p in preds.values():  # compile every shape the images need
-    p.predict_each(images)
+  for p in preds.values():  # compile every shape the timed calls need
+    for im in images:
+      p.predict_each([im])
   for _ in range(2):  # interleaved, so the load hits every policy alike
     for name, p in preds.items():
       times, readings = result.setdefault(name, {"times": [], "readings": []}).values()

@@ -190,3 +190,107 @@ def test_conv_impls_give_the_same_model():
   cfg.model.conv_impl = "fft"
   with pytest.raises(ValueError, match="conv_impl 'fft'"):
     models.get_model(cfg.model, 30).init(jax.random.key(0), img, hw, tokens)
+
+
+class _FlaxRowEncoder:
+  """The row encoder as it was written before layers.bidirectional_lstm: two
+  nn.RNN(nn.OptimizedLSTMCell), the reference of the rewrite."""
+
+  @staticmethod
+  def module(hidden, max_rows):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+    class RowEncoder(nn.Module):
+      @nn.compact
+      def __call__(self, feats, row_lengths):
+        b, h, w, c = feats.shape
+        init = self.param("row_init", nn.initializers.zeros, (max_rows, 2, 2, hidden))
+        init = jnp.broadcast_to(init[jnp.minimum(jnp.arange(h), max_rows - 1)][None],
+                                (b, h, 2, 2, hidden)).reshape(b * h, 2, 2, hidden)
+        x, lengths = feats.reshape(b * h, w, c), jnp.repeat(row_lengths, h)
+        outs = []
+        for d, reverse in enumerate((False, True)):
+          cell = nn.OptimizedLSTMCell(hidden, name=f"lstm_{'bw' if reverse else 'fw'}")
+          outs.append(nn.RNN(cell, reverse=reverse, keep_order=True)(
+              x, initial_carry=(init[:, d, 0], init[:, d, 1]), seq_lengths=lengths))
+        return jnp.concatenate(outs, -1).reshape(b, h, w, 2 * hidden)
+    return RowEncoder()
+
+
+def test_row_encoder_equals_two_flax_rnns():
+  """The one-scan bidirectional LSTM (hoisted input projections) has the
+  parameters, initial values, outputs and gradients of two flax RNNs, also
+  for rows shorter than the grid (the backward LSTM starts at each row's end)."""
+  from im2latex_jax.models import im2markup  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  feats = jnp.asarray(rng.normal(size=(2, 3, 7, 5)), jnp.float32)
+  lengths = jnp.array([7, 4])
+  ours, ref = im2markup.RowEncoder(hidden=6, max_rows=4), _FlaxRowEncoder.module(6, 4)
+  params = ours.init(jax.random.key(0), feats, lengths)["params"]
+  ref_params = ref.init(jax.random.key(0), feats, lengths)["params"]
+  assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_array_equal(a, b)
+  # Non-zero initial states, so the per-row init takes part in the check.
+  params = jax.tree.map(lambda p: p + 0.1 * jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+  g = jnp.asarray(rng.normal(size=(2, 3, 7, 12)), jnp.float32)
+  run = lambda m: jax.value_and_grad(
+      lambda p, x: jnp.sum(m.apply({"params": p}, x, lengths) * g), argnums=(0, 1))(params, feats)
+  (la, (gpa, gxa)), (lb, (gpb, gxb)) = run(ours), run(ref)
+  np.testing.assert_allclose(ours.apply({"params": params}, feats, lengths),
+                             ref.apply({"params": params}, feats, lengths), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(la, lb, rtol=1e-5)
+  np.testing.assert_allclose(gxa, gxb, rtol=1e-4, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(gpa), jax.tree.leaves(gpb)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _flax_luong_cell(vocab, hidden, embed_dim):
+  """The decoder cell as it was written before LuongDecoderCell.weights: a
+  compact module around nn.OptimizedLSTMCell, the reference of the rewrite."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.models import layers  # pylint: disable=g-import-not-at-top
+
+  class Cell(nn.Module):
+    @nn.compact
+    def __call__(self, enc, carry, token):
+      (c, h), o_prev = carry
+      emb = nn.Embed(vocab, embed_dim, name="embed")(token)
+      (c, h), _ = nn.OptimizedLSTMCell(hidden, name="lstm")((c, h), jnp.concatenate([emb, o_prev], -1))
+      attn = layers.masked_softmax(jnp.einsum("bnd,bd->bn", enc["keys"], h), enc["mask"])
+      ctx = jnp.einsum("bn,bnd->bd", attn, enc["memory"])
+      o = jnp.tanh(nn.Dense(hidden, use_bias=False, name="combine")(jnp.concatenate([ctx, h], -1)))
+      return ((c, h), o), (nn.Dense(vocab, name="out")(o), attn)
+  return Cell()
+
+
+def test_decoder_cell_equals_flax_lstm_cell_with_and_without_precomputed_weights():
+  """LuongDecoderCell (token-gate table, fused kernels) has the parameters,
+  initial values, outputs and gradients of the compact nn.OptimizedLSTMCell
+  cell it replaced; passing decode_weights() computed once gives the same step."""
+  from im2latex_jax.models import im2markup  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  vocab, hidden, emb, n = 11, 8, 5, 6
+  enc = {"keys": jnp.asarray(rng.normal(size=(2, n, hidden)), jnp.float32),
+         "memory": jnp.asarray(rng.normal(size=(2, n, hidden)), jnp.float32),
+         "mask": jnp.array([[True] * n, [True] * 4 + [False] * 2])}
+  carry = tuple(jnp.asarray(rng.normal(size=(2, hidden)), jnp.float32) for _ in range(3))
+  carry = ((carry[0], carry[1]), carry[2])
+  tok = jnp.array([3, 9])
+  ours, ref = im2markup.LuongDecoderCell(vocab, hidden, emb), _flax_luong_cell(vocab, hidden, emb)
+  params = ours.init(jax.random.key(0), enc, carry, tok)["params"]
+  ref_params = ref.init(jax.random.key(0), enc, carry, tok)["params"]
+  assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_array_equal(a, b)
+  weights = ours.apply({"params": params}, method=ours.weights)
+  outs = [ours.apply({"params": params}, enc, carry, tok),
+          ours.apply({"params": params}, enc, carry, tok, weights=weights),
+          ref.apply({"params": params}, enc, carry, tok)]
+  for out in outs[1:]:
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(out)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  g = jnp.asarray(rng.normal(size=(2, vocab)), jnp.float32)
+  grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply({"params": p}, enc, carry, tok)[1][0] * g))(params)
+  for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(ref))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

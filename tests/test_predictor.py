@@ -97,7 +97,7 @@ def test_images_land_on_two_buckets(predictor):
 def test_prediction_fields_and_shapes(predictor):
   [p] = predictor.predict([SHORT[0]])
   h, w = p.image.shape
-  assert p.image.dtype == np.uint8 and (h, w) in predictor.buckets
+  assert p.image.dtype == np.uint8 and (h, w) in predictor.canvases
   assert p.latex == " ".join(p.tokens)
   assert 0 < len(p.tokens) <= MAX_LEN
   assert len(p.token_probs) == len(p.tokens)
@@ -310,7 +310,7 @@ def test_wide_formula_is_read_on_an_overflow_canvas(predictor):
   assert not isinstance(p, Exception), p
   h, w = p.image.shape
   assert w in preprocess.OVERFLOW_WIDTHS and w >= 1700
-  assert h in preprocess.OVERFLOW_HEIGHTS or (h, w) in predictor.buckets
+  assert h in preprocess.OVERFLOW_HEIGHTS or (h, w) in predictor.canvases
   assert p.attention.shape[1:] == (h, w)
 
 
@@ -431,13 +431,15 @@ def test_search_readings_decoded_together_equal_one_bucket_at_a_time(predictor):
 
 
 def test_fine_canvases_read_the_same_pixels_with_less_padding(predictor):
-  """Predictor(canvases='fine') encodes each search candidate on the smallest
-  canvas of preprocess.canvas_ladder that holds it: the training bucket's
-  top-left corner, so smaller; the shared decoder still compiles only
-  decode_cells' sizes."""
+  """Predictor(canvases='fine'), the default, encodes each search candidate
+  on the smallest canvas of preprocess.canvas_ladder that holds it: the
+  training bucket's top-left corner, so smaller; the shared decoder still
+  compiles only decode_cells' sizes."""
   loaded = predictor._loaded  # pylint: disable=protected-access
-  fine = predictor_lib.Predictor(loaded, canvases="fine")
-  coarse = predictor_lib.Predictor(loaded)
+  fine = predictor_lib.Predictor(loaded)
+  assert fine.canvases == preprocess.canvas_ladder(fine.buckets)
+  coarse = predictor_lib.Predictor(loaded, canvases="buckets")
+  assert coarse.canvases == coarse.buckets
   scales = [1.0, 0.8, 1.0]
   a = fine.predict_each([SHORT[0], LONG, SHORT[1]], scales=scales)
   b = coarse.predict_each([SHORT[0], LONG, SHORT[1]], scales=scales)

@@ -76,6 +76,19 @@ def load_model(workdir: str, step: int | str = "best") -> LoadedModel:
   return LoadedModel(model, variables, vocab, config, step, model_id)
 
 
+def step_fn(model, variables, enc):
+  """`(carry, tokens) -> (logits, carry, aux)`: the model's `decode_step` over
+  the encoding `enc`, for a decoding loop. A model with `decode_weights` (the
+  im2markup decoder's fused LSTM kernels and token-gate table) has them
+  computed here, once, outside the loop, not at every step."""
+  if hasattr(model, "decode_weights"):
+    weights = model.apply(variables, method=model.decode_weights)
+    return lambda carry, tokens: model.apply(variables, enc, carry, tokens, weights,
+                                             method=model.decode_step)
+  return lambda carry, tokens: model.apply(variables, enc, carry, tokens,
+                                           method=model.decode_step)
+
+
 def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
                    length_penalty: float = 0.0, collect_attention: bool = False,
                    loop_span: int = 0):
@@ -98,9 +111,10 @@ def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
       return _greedy(model, variables, enc, max_len, collect_attention, loop_span)
     carry = model.apply(variables, enc, method=model.init_carry)
     tiled = jax.tree.map(lambda x: decode.flatten_beam_dim(decode.add_beam_dim(x, beam_size)), enc)
+    step = step_fn(model, variables, tiled)
 
     def beam_step(carry, tokens):
-      logits, carry, _ = model.apply(variables, tiled, carry, tokens, method=model.decode_step)
+      logits, carry, _ = step(carry, tokens)
       return logits, carry
     r = decode.beam_search(beam_step, carry, b, beam_size=beam_size, bos_id=vocab_lib.BOS,
                            eos_id=vocab_lib.EOS, max_len=max_len,
@@ -114,10 +128,7 @@ def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
 def _greedy(model, variables, enc, max_len, collect_attention, loop_span):
   """make_decode_fn's greedy outputs from the encoder's outputs `enc`."""
   carry = model.apply(variables, enc, method=model.init_carry)
-
-  def step_fn(carry, tokens):
-    return model.apply(variables, enc, carry, tokens, method=model.decode_step)
-  r = decode.greedy_search(step_fn, carry, enc["mask"].shape[0], bos_id=vocab_lib.BOS,
+  r = decode.greedy_search(step_fn(model, variables, enc), carry, enc["mask"].shape[0], bos_id=vocab_lib.BOS,
                            eos_id=vocab_lib.EOS, max_len=max_len,
                            collect_aux=collect_attention, loop_span=loop_span)
   out = {"tokens": r.tokens, "logprobs": r.logprobs,

@@ -200,10 +200,11 @@ def make_teacher_forced_fn(model):
     inputs = jnp.concatenate(
         [jnp.full((b, 1), vocab_lib.BOS, jnp.int32), tokens[:, :-1]], axis=1)
 
+    step = inference.step_fn(model, variables, enc)
+
     def body(carry, x):
       token_in, target = x  # [B], [B]
-      logits, carry, attn = model.apply(variables, enc, carry, token_in,
-                                        method=model.decode_step)
+      logits, carry, attn = step(carry, token_in)
       logp = jax.nn.log_softmax(logits.astype(jnp.float32))  # [B, V]
       lp = jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
       return carry, (lp, attn)
@@ -253,7 +254,7 @@ class Predictor:
                loop_span: int = LOOP_SPAN,
                confident_score: float | None = CONFIDENT_SCORE,
                shared_decoding: bool = True,
-               canvases: str = "buckets"):
+               canvases: str = "fine"):
     self._loaded = loaded
     self.model_id = loaded.model_id
     self.vocab = loaded.vocab

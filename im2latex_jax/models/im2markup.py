@@ -61,37 +61,61 @@ class RowEncoder(nn.Module):
     init = init.reshape(b * h, 2, 2, self.hidden)
     x = feats.reshape(b * h, w, c)
     lengths = jnp.repeat(row_lengths, h)
-    outs = []
-    for d, reverse in enumerate((False, True)):
-      cell = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, name=f"lstm_{'bw' if reverse else 'fw'}")
-      rnn = nn.RNN(cell, reverse=reverse, keep_order=True)
-      carry = (init[:, d, 0].astype(self.dtype), init[:, d, 1].astype(self.dtype))
-      outs.append(rnn(x, initial_carry=carry, seq_lengths=lengths))
-    return jnp.concatenate(outs, -1).reshape(b, h, w, 2 * self.hidden)
+    # nn.OptimizedLSTMCell's parameters, run by layers.bidirectional_lstm: the
+    # values of nn.RNN(cell) forward + nn.RNN(cell, reverse=True) (test
+    # test_row_encoder_equals_two_flax_rnns) in half the sequential steps.
+    weights = [layers.LSTMWeights(self.hidden, name=f"lstm_{d}")(c) for d in ("fw", "bw")]
+    carries = [(init[:, d, 0], init[:, d, 1]) for d in range(2)]
+    out = layers.bidirectional_lstm(x, weights, carries, lengths, self.dtype)
+    return out.reshape(b, h, w, 2 * self.hidden)
 
 
 class LuongDecoderCell(nn.Module):
-  """One decoder step: input feeding, LSTM, Luong general attention."""
+  """One decoder step: input feeding, LSTM, Luong general attention.
+
+  The LSTM's input is [embedding(token); o_prev]; its gate pre-activations
+  are `token_gates[token] + o_prev W_o + h W_h` with `token_gates` = the
+  embedding table times the input kernel's embedding rows plus the bias
+  ([V, 4H], `weights()`), which is nn.OptimizedLSTMCell's sum in another
+  order. `weights()` depends only on the parameters: a decoding loop computes
+  it once (`Im2Markup.decode_weights`, `inference.step_fn`) and passes it in;
+  a call without it concatenates the gate kernels and builds the table itself,
+  which inside a loop costs more per step than the step (XLA does not hoist
+  it), and is what the training scan avoids by passing it too.
+  """
   vocab_size: int
   hidden: int = 512
   embed_dim: int = 80
   dropout: float = 0.0
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, enc, carry, token, train: bool = False):
+  def setup(self):
+    # The parameter names and shapes of the compact cell this replaced
+    # (embed, lstm = nn.OptimizedLSTMCell's, combine, out): checkpoints load.
+    self.embed = nn.Embed(self.vocab_size, self.embed_dim)
+    self.lstm = layers.LSTMWeights(self.hidden)
+    self.combine = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype)
+    self.out = nn.Dense(self.vocab_size, dtype=self.dtype)
+    self.drop = nn.Dropout(self.dropout)
+
+  def weights(self):
+    wi, wh, b = self.lstm(self.embed_dim + self.hidden)
+    table = jnp.dot(self.embed.embedding.astype(self.dtype), wi[:self.embed_dim].astype(self.dtype))
+    return {"token_gates": table + b.astype(self.dtype),
+            "wi_o": wi[self.embed_dim:].astype(self.dtype), "wh": wh.astype(self.dtype)}
+
+  def __call__(self, enc, carry, token, train: bool = False, weights=None):
+    w = self.weights() if weights is None else weights
     (c, h), o_prev = carry
-    emb = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(token).astype(self.dtype)
-    (c, h), _ = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, name="lstm")(
-        (c, h), jnp.concatenate([emb, o_prev], -1))
+    z = (w["token_gates"][token] + jnp.dot(o_prev.astype(self.dtype), w["wi_o"])
+         + jnp.dot(h.astype(self.dtype), w["wh"]))
+    c, h = layers.lstm_gates(z, c.astype(self.dtype))
     # score_i = ctx_i · W h  ==  keys_i · h with keys = ctx W^T, precomputed.
     scores = jnp.einsum("bnd,bd->bn", enc["keys"], h)
     attn = layers.masked_softmax(scores, enc["mask"])           # [B, N]
     ctx = jnp.einsum("bn,bnd->bd", attn.astype(self.dtype), enc["memory"])
-    o = jnp.tanh(nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="combine")(
-        jnp.concatenate([ctx, h], -1)))
-    o_drop = nn.Dropout(self.dropout, deterministic=not train)(o)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")(o_drop)
+    o = jnp.tanh(self.combine(jnp.concatenate([ctx, h], -1)))
+    logits = self.out(self.drop(o, deterministic=not train))
     return ((c, h), o), (logits.astype(jnp.float32), attn)
 
 
@@ -130,13 +154,19 @@ class Im2Markup(nn.Module):
     z = jnp.zeros((b, self.decoder_hidden), self.dtype)
     return ((z, z), z)
 
-  def decode_step(self, enc, carry, token):
-    carry, (logits, attn) = self.cell(enc, carry, token)
+  def decode_weights(self):
+    """What `decode_step` computes from the parameters alone; pass it as
+    `weights` so a decoding loop computes it once (inference.step_fn)."""
+    return self.cell.weights()
+
+  def decode_step(self, enc, carry, token, weights=None):
+    carry, (logits, attn) = self.cell(enc, carry, token, weights=weights)
     return logits, carry, attn
 
   def __call__(self, images, image_hw, decoder_inputs, train: bool = False):
     enc = self.encode(images, image_hw, train)
-    scan = nn.scan(lambda cell, carry, tok: cell(enc, carry, tok, train),
+    weights = self.cell.weights()
+    scan = nn.scan(lambda cell, carry, tok: cell(enc, carry, tok, train, weights),
                    variable_broadcast="params", split_rngs={"params": False, "dropout": True},
                    in_axes=1, out_axes=1)
     _, (logits, _) = scan(self.cell, self.init_carry(enc), decoder_inputs)

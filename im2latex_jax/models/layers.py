@@ -128,3 +128,75 @@ def apply_init_scheme(params, cfg: ml_collections.ConfigDict, rng: jax.Array):
       raise ValueError(f"Unknown config.model.init {cfg.init!r}; use 'uniform', 'conv_he' or 'default'.")
     out[path] = value
   return flax.traverse_util.unflatten_dict(out)
+
+
+LSTM_GATES = ("i", "f", "g", "o")
+
+
+class LSTMWeights(nn.Module):
+  """`nn.OptimizedLSTMCell`'s parameters (the same names ii..io / hi..ho,
+  shapes and initializers, so checkpoints are interchangeable), returned fused
+  in gate order i, f, g, o: (input kernel [D, 4H], hidden kernel [H, 4H],
+  bias [4H]). The fused kernels are concatenated where this is called, so a
+  caller outside a loop pays for the concatenation once, not once per step."""
+  features: int
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  recurrent_kernel_init: nn.initializers.Initializer = nn.initializers.orthogonal()
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    dense = nn.recurrent.DenseParams
+    x, h = jnp.zeros((1, in_features)), jnp.zeros((1, self.features))
+    wi = [dense(self.features, use_bias=False, kernel_init=self.kernel_init,
+                name=f"i{g}")(x)[0] for g in LSTM_GATES]
+    wh, b = zip(*[dense(self.features, use_bias=True, kernel_init=self.recurrent_kernel_init,
+                        bias_init=nn.initializers.zeros_init(), name=f"h{g}")(h)
+                  for g in LSTM_GATES])
+    return jnp.concatenate(wi, -1), jnp.concatenate(wh, -1), jnp.concatenate(b, -1)
+
+
+def lstm_gates(z: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(c', h') from the pre-activations z [..., 4H] (gates i, f, g, o) and c."""
+  i, f, g, o = jnp.split(z, 4, axis=-1)
+  c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+  return c, nn.sigmoid(o) * jnp.tanh(c)
+
+
+def bidirectional_lstm(x: jax.Array, weights, carries, lengths: jax.Array,
+                       dtype=jnp.float32) -> jax.Array:
+  """A forward and a backward LSTM over axis 1 of x [N, T, D], in one scan.
+
+  The same values as two `nn.RNN(nn.OptimizedLSTMCell)` (the backward one
+  `reverse=True, keep_order=True`, both with `seq_lengths=lengths`: each
+  sequence is reversed within its length, positions past it continue from the
+  last state), computed with the input projections of all steps hoisted into
+  one matmul per direction before the scan and both directions' recurrent
+  matmuls batched in each step: half the sequential steps, and per step only
+  the hidden kernels are read.
+
+  Args:
+    x: [N, T, D] inputs.
+    weights: ((wi, wh, b), (wi, wh, b)) of the forward and backward LSTM, as
+      `LSTMWeights` returns them.
+    carries: ((c, h), (c, h)) initial states [N, H] of each direction.
+    lengths: int [N], the valid length of each sequence.
+    dtype: the computation dtype (as OptimizedLSTMCell's `dtype`).
+
+  Returns:
+    [N, T, 2H]: the forward outputs, then the backward ones.
+  """
+  flip = lambda a: nn.recurrent.flip_sequences(a, lengths, num_batch_dims=1, time_major=False)
+  x = x.astype(dtype)
+  zs = [jnp.dot(x, wi.astype(dtype)) + b.astype(dtype) for wi, _, b in weights]
+  zs = jnp.stack([zs[0], flip(zs[1])])                    # [2, N, T, 4H]
+  wh = jnp.stack([w[1] for w in weights]).astype(dtype)   # [2, H, 4H]
+  c0 = jnp.stack([c for c, _ in carries]).astype(dtype)
+  h0 = jnp.stack([h for _, h in carries]).astype(dtype)
+
+  def step(carry, z):
+    c, h = carry
+    c, h = lstm_gates(z + jnp.einsum("dnh,dhk->dnk", h, wh), c)
+    return (c, h), h
+  _, hs = jax.lax.scan(step, (c0, h0), jnp.moveaxis(zs, 2, 0))   # [T, 2, N, H]
+  hs = jnp.moveaxis(hs, 0, 2)                                       # [2, N, T, H]
+  return jnp.concatenate([hs[0], flip(hs[1])], -1)
