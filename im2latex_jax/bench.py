@@ -406,6 +406,17 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
   result["cnn"] = bench_cnn(config, by_key[main_key], steps, peak)
   result["cnn"]["share_of_step"] = result["cnn"]["fwd_bwd"]["s"] / train_r["main_step_s"]
 
+  # The interleaved rounds come before the decoding measurements: run after
+  # them (latency.py's Predictor and its compiled programs in this process),
+  # the JAX train step took 3.6 s instead of 2.5 s on a 2-core Xeon
+  # (BENCHMARKS.md, "Rerun on an Intel Xeon with AMX").
+  if not skip_torch:
+    # A copy: the rounds' steps donate the state they are given, and the
+    # decoding measurements below still read this one.
+    result["torch"] = bench_versus_torch(config, by_key[main_key], vocab_size, rounds,
+                                         step, jax.tree.map(jnp.array, state), model,
+                                         result["machine"]["loadavg"][0], skip_bf16=skip_bf16)
+
   if not skip_decode:
     result["decoding"] = bench_decode(config, model, state, by_key[main_key], decode_reps)
     lat = _latency_module()
@@ -415,11 +426,6 @@ def run(config, *, steps: int = 5, skip_torch: bool = False, keys: str = "all",
             ["--runs", str(decode_reps), "--max-len", str(config.evals.max_decode_len)])
       except Exception as e:  # pylint: disable=broad-except
         result["decoding"]["latency_py"] = f"failed: {e!r}"
-
-  if not skip_torch:
-    result["torch"] = bench_versus_torch(config, by_key[main_key], vocab_size, rounds,
-                                         step, state, model, result["machine"]["loadavg"][0],
-                                         skip_bf16=skip_bf16)
   result["input"] = bench_input(config, input_batches, with_tfdata)
   result["machine"]["loadavg_end"] = list(os.getloadavg())
   result["wall_s"] = time.perf_counter() - t_start
