@@ -11,6 +11,7 @@ import sys
 import time
 
 import chex
+import flax
 import jax
 import numpy as np
 import pytest
@@ -237,6 +238,22 @@ def test_init_from_loads_exactly_the_given_model(tfds_dir, tmp_path):
                               jax.tree.map(np.ones_like, lm.variables))
   with pytest.raises(ValueError, match=r"in \[0, 1\]"):
     inference.blend_variables(lm, ones, 1.5)
+  # Per module: the CNN (params and batch stats) whole from this model, one
+  # of its convolutions at a quarter (the longest path wins), the rest the base's.
+  per = inference.blend_variables(lm, ones, 0.0, inference.parse_module_alpha("cnn=1, cnn/conv1=0.25"))
+  for col in per:
+    for name, sub in per[col].items():
+      for path, x in flax.traverse_util.flatten_dict(sub, sep="/").items():
+        mine = np.asarray(flax.traverse_util.flatten_dict(lm.variables[col][name], sep="/")[path])
+        w = (0.25 if path.startswith("conv1/") else 1.0) if name == "cnn" else 0.0
+        np.testing.assert_allclose(x, w * mine + (1 - w), atol=1e-6, err_msg=f"{col}/{name}/{path}")
+  assert any(name != "cnn" for name in per["params"])
+  with pytest.raises(ValueError, match="no module 'encoder'.*cnn"):
+    inference.blend_variables(lm, ones, 0.5, {"encoder": 1.0})
+  with pytest.raises(ValueError, match="bad module weight 'cnn'"):
+    inference.parse_module_alpha("cnn")
+  with pytest.raises(ValueError, match="weight of rows must be in"):
+    inference.blend_variables(lm, ones, 0.5, {"rows": 2.0})
   blended = inference.export_model(src, str(tmp_path / "blended"), dtype="float32",
                                    blend=exported, alpha=0.3)
   got = inference.load_model(blended)

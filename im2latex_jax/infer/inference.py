@@ -224,19 +224,44 @@ def mismatched_leaves(want: dict[str, Any], have: dict[str, Any], prefix: str = 
   return problems
 
 
-def blend_variables(tuned: LoadedModel, base: LoadedModel, alpha: float) -> dict[str, Any]:
+def blend_variables(tuned: LoadedModel, base: LoadedModel,
+                    alpha: float, module_alpha: dict[str, float] | None = None) -> dict[str, Any]:
   """`alpha * tuned + (1 - alpha) * base`, leaf by leaf (params and batch stats).
 
   Weight-space ensembling of a fine-tuned model with the one it started from
   (WiSE-FT, Wortsman et al. 2022): alpha 1 is the fine-tuned model, 0 the
   base; in between trades what fine-tuning gained against what it forgot.
-  Raises ValueError (one line) when the two are not the same network with the
-  same vocabulary.
+  `module_alpha` gives some modules their own weight, by the path of a
+  subtree of the variables ('cnn', 'rows', 'cell/embed'; the longest
+  matching path wins, `alpha` is the rest's): e.g. the fine-tuned encoder
+  whole with half of its decoder. Raises ValueError (one line) when the two
+  are not the same network with the same vocabulary, or a weight is outside
+  [0, 1], or a path names no module.
   """
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"the blend weight must be in [0, 1], got {alpha}.")
+  module_alpha = dict(module_alpha or {})
+  for name, a in [("the blend weight", alpha)] + [(f"the weight of {k}", v)
+                                                  for k, v in module_alpha.items()]:
+    if not 0.0 <= a <= 1.0:
+      raise ValueError(f"{name} must be in [0, 1], got {a}.")
   check_blendable(tuned, base)
-  return lerp_variables(tuned.variables, base.variables, alpha)
+  return lerp_variables(tuned.variables, base.variables, alpha, module_alpha)
+
+
+def parse_module_alpha(spec: str) -> dict[str, float]:
+  """'cnn=1,rows=0.8' -> {'cnn': 1.0, 'rows': 0.8}; ValueError (one line)
+  naming the bad item otherwise."""
+  out = {}
+  for item in filter(None, (t.strip() for t in spec.split(","))):
+    path, eq, value = item.partition("=")
+    try:
+      if not eq or not path.strip():
+        raise ValueError
+      out[path.strip().strip("/")] = float(value)
+    except ValueError:
+      raise ValueError(f"bad module weight {item!r}: write MODULE=WEIGHT, e.g. cnn=1.0,rows=1.0 "
+                       "(MODULE a path of the parameter tree: cnn, rows, key_proj, cell, "
+                       "cell/embed, ...).") from None
+  return out
 
 
 def check_blendable(tuned: LoadedModel, base: LoadedModel) -> None:
@@ -253,31 +278,51 @@ def check_blendable(tuned: LoadedModel, base: LoadedModel) -> None:
                      "fine-tuned from it.")
 
 
-def lerp_variables(tuned: dict[str, Any], base: dict[str, Any], alpha: float) -> dict[str, Any]:
-  """`alpha * tuned + (1 - alpha) * base`, leaf by leaf, in float32."""
+def lerp_variables(tuned: dict[str, Any], base: dict[str, Any], alpha: float,
+                   module_alpha: dict[str, float] | None = None) -> dict[str, Any]:
+  """`alpha * tuned + (1 - alpha) * base`, leaf by leaf, in float32; a leaf
+  under a path of `module_alpha` (collections such as 'params' not counted:
+  'cnn' is params/cnn and batch_stats/cnn) takes that path's weight."""
   want = flax.traverse_util.flatten_dict(tuned, sep="/")
   have = flax.traverse_util.flatten_dict(base, sep="/")
+  module_alpha = module_alpha or {}
+  weight = {}
+  for k in want:
+    inner = k.split("/", 1)[1] if "/" in k else k
+    hits = [m for m in module_alpha if inner == m or inner.startswith(m + "/")]
+    weight[k] = module_alpha[max(hits, key=len)] if hits else alpha
+  unused = [m for m in module_alpha
+            if not any(k.split("/", 1)[-1] == m or k.split("/", 1)[-1].startswith(m + "/")
+                       for k in want)]
+  if unused:
+    tops = sorted({k.split("/")[1] for k in want if k.count("/") >= 1})
+    raise ValueError(f"no module {unused[0]!r} in the model (its modules: {', '.join(tops)}).")
   return flax.traverse_util.unflatten_dict(
-      {k: (alpha * np.asarray(want[k], np.float32)
-           + (1.0 - alpha) * np.asarray(have[k], np.float32)) for k in want}, sep="/")
+      {k: (weight[k] * np.asarray(want[k], np.float32)
+           + (1.0 - weight[k]) * np.asarray(have[k], np.float32)) for k in want}, sep="/")
 
 
 def export_model(workdir: str, out_dir: str, step: int | str = "best",
                  dtype: str = "bfloat16", extra_meta: dict | None = None,
-                 blend: str | None = None, alpha: float = 1.0) -> str:
+                 blend: str | None = None, alpha: float = 1.0,
+                 module_alpha: dict[str, float] | None = None) -> str:
   """Writes a small, self-contained model dir (params + config + vocab).
 
   With `blend` (a model dir or workdir), the exported weights are
-  `alpha * workdir's + (1 - alpha) * blend's` (`blend_variables`).
+  `alpha * workdir's + (1 - alpha) * blend's` (`blend_variables`; per module
+  with `module_alpha`).
   """
   lm = load_model(workdir, step)
   variables = lm.variables
   meta = {"step": lm.step, "model_id": lm.model_id, **(extra_meta or {})}
   if blend is not None:
     base = load_model(blend)
-    variables = blend_variables(lm, base, alpha)
-    meta.update(model_id=f"{lm.model_id}*{alpha:g}+{base.model_id}*{1 - alpha:g}",
-                blend={"tuned": lm.model_id, "base": base.model_id, "alpha": alpha})
+    variables = blend_variables(lm, base, alpha, module_alpha)
+    per_module = ",".join(f"{m}={a:g}" for m, a in sorted((module_alpha or {}).items()))
+    rest = f"[{per_module}]+{base.model_id}" if per_module else f"+{base.model_id}*{1 - alpha:g}"
+    meta.update(model_id=f"{lm.model_id}*{alpha:g}{rest}",
+                blend={"tuned": lm.model_id, "base": base.model_id, "alpha": alpha,
+                       "module_alpha": dict(module_alpha or {})})
   return write_exported(out_dir, variables, lm.config, lm.vocab, meta, dtype)
 
 
@@ -297,7 +342,7 @@ def write_exported(out_dir: str, variables: dict[str, Any], config: ml_collectio
 
 def export_main(argv: list[str]) -> int:
   """`im2latex-jax export-model --workdir W --out DIR [--step best] [--dtype bfloat16]
-  [--blend MODEL --alpha A]`."""
+  [--blend MODEL --alpha A [--module-alpha cnn=1,rows=1]]`."""
   import argparse  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(prog=argv[0], description=export_main.__doc__)
@@ -310,10 +355,16 @@ def export_main(argv: list[str]) -> int:
                       "dir or workdir: the one the run was fine-tuned from; WiSE-FT)")
   p.add_argument("--alpha", type=float, default=0.5,
                  help="weight of --workdir in the --blend (default 0.5)")
+  p.add_argument("--module-alpha", default="", metavar="MODULE=A,...",
+                 help="per-module weights overriding --alpha for a subtree of the parameters, "
+                      "e.g. cnn=1,rows=1 (the fine-tuned encoder whole, the decoder at --alpha)")
   args = p.parse_args(argv[1:])
   try:
+    if args.module_alpha and args.blend is None:
+      raise ValueError("--module-alpha needs --blend MODEL (the model to blend with).")
     out = export_model(args.workdir, args.out, args.step, args.dtype,
-                       blend=args.blend, alpha=args.alpha)
+                       blend=args.blend, alpha=args.alpha,
+                       module_alpha=parse_module_alpha(args.module_alpha))
   except (WorkdirError, FileNotFoundError, ValueError) as e:
     sys.stderr.write(f"error: {e}\n")
     return 2
