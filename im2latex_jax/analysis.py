@@ -285,6 +285,39 @@ def top_substitutions(errors: Sequence[ExampleError], n: int = 15) -> list[dict[
   return [{"gold": g, "predicted": p, "count": c} for (g, p), c in counts.most_common(n)]
 
 
+def read_predictions(path: str) -> dict[str, tuple[str, str, float]]:
+  """An `evaluate` predictions.tsv as {image: (gold, prediction, logprob)}."""
+  out = {}
+  with open(path, encoding="utf-8") as f:
+    header = f.readline().rstrip("\n").split("\t")
+    if header[:3] != ["image", "gold", "prediction"]:
+      raise ValueError(f"{path}: not a predictions.tsv of `im2latex-jax evaluate` "
+                       f"(header {header[:3]}, want image, gold, prediction, logprob).")
+    for line in f:
+      name, gold, pred, *rest = line.rstrip("\n").split("\t")
+      out[name] = (gold, pred, float(rest[0]) if rest else float("nan"))
+  return out
+
+
+def token_balance(golds: Sequence[str], *runs: Sequence[str]) -> list[dict[str, Any]]:
+  """Per token: its count in the references and, for each run of predictions
+  (same order as `golds`), how many more or fewer times the run wrote it
+  (`run i - gold`; corpus totals, so an omission and a spurious insertion
+  elsewhere cancel). Sorted by how much the runs disagree (the largest
+  |last run's shift - first run's| first, then by the first's |shift|):
+  with two runs, the tokens that a change of model gained or lost."""
+  gold = collections.Counter(t for g in golds for t in g.split())
+  counts = [collections.Counter(t for p in run for t in p.split()) for run in runs]
+  rows = []
+  for tok in set(gold).union(*counts):
+    shifts = [c[tok] - gold[tok] for c in counts]
+    rows.append({"token": tok, "gold": gold[tok],
+                 **{f"shift {i}": s for i, s in enumerate(shifts)}})
+  key = lambda r: (-abs(r[f"shift {len(runs) - 1}"] - r["shift 0"]), -abs(r["shift 0"]),
+                   r["token"])
+  return sorted(rows, key=key)
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], floatfmt: str = ".3f") -> str:
   """A list of same-keyed dicts as a markdown table (for IPython.display.Markdown)."""
   if not rows:

@@ -157,6 +157,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.decode_max_examples = 200
   c.evals.max_decode_len = 152
   c.evals.length_penalty = 0.0
+  # Greedy decoding: added to EOS's log-probability when choosing the next
+  # token (< 0: end a formula only when EOS wins by that margin); for a model
+  # that stops early. Used by evaluate, predict and serve; 0: plain argmax.
+  c.evals.eos_bias = 0.0
 
   # Fine-tuning: start from the parameters (and batch statistics) of this
   # model, an exported model dir or a training workdir (its best checkpoint),

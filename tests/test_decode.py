@@ -123,6 +123,21 @@ def test_beam_finds_best_path_greedy_does_not():
   np.testing.assert_array_equal(beam.lengths, [[2, 2]])
 
 
+def test_greedy_eos_bias_ends_only_when_eos_wins_by_the_margin():
+  # After A, EOS (0.34) beats A (0.33) by log(0.34 / 0.33) = 0.030 nats.
+  step_fn = table_step_fn(GARDEN_PATH)
+  carry = jnp.zeros((1,), jnp.int32)
+  kw = dict(bos_id=BOS, eos_id=EOS, max_len=5)
+  plain = decode.greedy_search(step_fn, carry, 1, **kw)
+  small = decode.greedy_search(step_fn, carry, 1, eos_bias=-0.02, **kw)
+  np.testing.assert_array_equal(small.tokens, plain.tokens)  # [A, EOS, ...]
+  late = decode.greedy_search(step_fn, carry, 1, eos_bias=-0.04, **kw)
+  np.testing.assert_array_equal(late.tokens, [[A, A, A, A, A]])  # never ends
+  # The log-probabilities are the model's own, without the bias.
+  np.testing.assert_allclose(late.logprobs, [np.log(0.6) + 4 * np.log(0.33)], rtol=1e-5)
+  np.testing.assert_array_equal(late.lengths, [5])
+
+
 def test_beam_size_one_equals_greedy_on_toy():
   step_fn = table_step_fn(GARDEN_PATH)
   carry = jnp.zeros((3,), jnp.int32)

@@ -196,6 +196,19 @@ def test_cli_beam2(workdir, capsys):
   assert m["examples"] == 6 and m["beam"] == 2
 
 
+def test_cli_eos_bias_keeps_every_formula_going(workdir, capsys):
+  """A bias no EOS can beat: every prediction runs to --max-len (or to the
+  loop guard), in its own output dir, and metrics.json records the bias."""
+  w, _ = workdir
+  rc, _, err = _run_cli(["--workdir", w, "--step", "latest", "--max-examples", "6",
+                         "--max-len", "7", "--eos-bias", "-1000"], capsys)
+  assert rc == 0, err
+  d = os.path.join(w, "eval", "validation_beam1_eos-1000")
+  rows = _read_tsv(os.path.join(d, "predictions.tsv"))
+  assert len(rows) == 6 and all(len(r[2].split()) == 7 for r in rows), rows
+  assert json.load(open(os.path.join(d, "metrics.json")))["eos_bias"] == -1000
+
+
 def _no_checkpoint_workdir(w, tmp_path):
   d = tmp_path / "fresh"
   d.mkdir()
@@ -211,6 +224,7 @@ def _no_checkpoint_workdir(w, tmp_path):
     ("beam", "--beam 0 must be at least 1"),
     ("step", "--step 'first': use 'best', 'latest' or a step number"),
     ("step_missing", "No checkpoint at step 3"),
+    ("eos_beam", "--eos-bias -1 is for greedy decoding (--beam 1)"),
 ])
 def test_cli_bad_input(case, message, workdir, tmp_path, capsys):
   w, _ = workdir
@@ -221,6 +235,7 @@ def test_cli_bad_input(case, message, workdir, tmp_path, capsys):
       "beam": ["--workdir", w, "--beam", "0"],
       "step": ["--workdir", w, "--step", "first"],
       "step_missing": ["--workdir", w, "--step", "3"],
+      "eos_beam": ["--workdir", w, "--beam", "2", "--eos-bias", "-1"],
   }[case]
   rc, out, err = _run_cli(argv, capsys)
   assert rc == 2

@@ -70,6 +70,27 @@ def test_error_analysis_counts():
   assert subs == [{"gold": "a", "predicted": "b", "count": 1}]
 
 
+def test_token_balance_of_two_runs(tmp_path):
+  from im2latex_jax import analysis  # pylint: disable=g-import-not-at-top
+  golds = ["{ \\bf x } + y", "\\, a"]
+  a = ["{ \\bf x } + y", "a"]   # drops one \,
+  b = ["x + y", "\\, \\, a"]    # drops \bf and its braces, one \, too many
+  rows = {r["token"]: r for r in analysis.token_balance(golds, a, b)}
+  assert rows["\\bf"] == {"token": "\\bf", "gold": 1, "shift 0": 0, "shift 1": -1}
+  assert rows["{"]["shift 1"] == -1 and rows["}"]["shift 1"] == -1
+  assert rows["\\,"] == {"token": "\\,", "gold": 1, "shift 0": -1, "shift 1": 1}
+  assert rows["x"] == {"token": "x", "gold": 1, "shift 0": 0, "shift 1": 0}
+  # \, moved most between the runs (2), then \bf, {, } (1 each, by name), x last.
+  order = [r["token"] for r in analysis.token_balance(golds, a, b)]
+  assert order[0] == "\\," and order[1:4] == ["\\bf", "{", "}"]
+  p = tmp_path / "predictions.tsv"
+  p.write_text("image\tgold\tprediction\tlogprob\nx.png\ta b\ta c\t-1.5\n")
+  assert analysis.read_predictions(str(p)) == {"x.png": ("a b", "a c", -1.5)}
+  p.write_text("name\tref\n")
+  with pytest.raises(ValueError, match="not a predictions.tsv"):
+    analysis.read_predictions(str(p))
+
+
 def test_read_metrics_last_write_wins(tmp_path):
   from im2latex_jax import analysis  # pylint: disable=g-import-not-at-top
   (tmp_path / "metrics.jsonl").write_text(

@@ -19,6 +19,10 @@ from im2latex_jax.sweep import space as sweep_space
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.py"
+# How long a sweep subprocess may go without finishing before it counts as hung.
+# Only a guard: a trial is a fresh process (imports, TFDS, two compiles) and
+# CI's 2 cores also run the other pytest worker; 240 s was once too short.
+HANG = 900
 
 # The tiny model of conftest.tiny_config on one (image, token) bucket, so a
 # trial compiles one train and one eval shape and takes seconds.
@@ -195,7 +199,7 @@ def test_bayes_sweep_two_workers_survives_sigkill(tmp_path, embedded_data):
     p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(tmp_path),
                          start_new_session=True)
   try:
-    _wait_for(out1, "done: eval/loss", p, timeout=240)
+    _wait_for(out1, "done: eval/loss", p, timeout=HANG)
     t0 = time.time()  # the worker prints "done" just before Optuna records it
     while not any(t.state.name == "COMPLETE" for t in _study(root, "b").trials):
       assert time.time() - t0 < 60
@@ -208,7 +212,7 @@ def test_bayes_sweep_two_workers_survives_sigkill(tmp_path, embedded_data):
   running_before = {n for n, t in before.items() if t.state.name == "RUNNING"}
   assert done_before, "the first trial finished before the kill"
 
-  r = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=400)
+  r = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=HANG)
   assert r.returncode == 0, r.stdout + r.stderr
   trials = _study(root, "b").trials
   finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -240,7 +244,7 @@ def test_grid_sweep_runs_exactly_its_grid(tmp_path, embedded_data):
   space = write_space(tmp_path, "grid.py", "grid", grid, steps=2)
   root = tmp_path / "sweeps"
   r = subprocess.run(_cli("--space", space, "--study", "g", "--root", root, "--workers", 2),
-                     capture_output=True, text=True, env=_env(tmp_path), timeout=400)
+                     capture_output=True, text=True, env=_env(tmp_path), timeout=HANG)
   assert r.returncode == 0, r.stdout + r.stderr
   trials = _study(root, "g").trials
   assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
@@ -249,7 +253,7 @@ def test_grid_sweep_runs_exactly_its_grid(tmp_path, embedded_data):
   assert (root / "g" / "parallel.png").exists()
   # Rerunning a finished study starts nothing.
   r = subprocess.run(_cli("--space", space, "--study", "g", "--root", root),
-                     capture_output=True, text=True, env=_env(tmp_path), timeout=300)
+                     capture_output=True, text=True, env=_env(tmp_path), timeout=HANG)
   assert r.returncode == 0 and "4 of 4 trials finished" in r.stdout
   assert len(_study(root, "g").trials) == 4
 

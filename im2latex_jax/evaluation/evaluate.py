@@ -53,6 +53,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                       help="also render gold and predictions with pdflatex and compare images")
   parser.add_argument("--length-penalty", type=float, default=None,
                       help="GNMT alpha for beam search; default config.evals.length_penalty")
+  parser.add_argument("--eos-bias", type=float, default=None,
+                      help="added to EOS's log-probability in greedy decoding (< 0: end "
+                      "later); default config.evals.eos_bias")
   parser.add_argument("--batch-size", type=int, default=None,
                       help="examples per decode batch; default config.input.eval_batch_size")
   parser.add_argument("--max-len", type=int, default=None,
@@ -85,9 +88,10 @@ def table_row(split: str, beam: int, m: dict[str, Any]) -> str:
   return "| " + " | ".join(cells) + " |"
 
 
-def _out_dir(workdir: str, split: str, beam: int) -> str:
+def _out_dir(workdir: str, split: str, beam: int, eos_bias: float = 0.0) -> str:
   safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_")
-  return os.path.join(workdir, "eval", f"{safe}_beam{beam}")
+  bias = f"_eos{eos_bias:g}" if eos_bias else ""
+  return os.path.join(workdir, "eval", f"{safe}_beam{beam}{bias}")
 
 
 def write_predictions(path: str, predictions) -> None:
@@ -123,6 +127,13 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   max_len = args.max_len or config.evals.max_decode_len
   length_penalty = (config.evals.length_penalty if args.length_penalty is None
                     else args.length_penalty)
+  eos_bias = float(config.evals.get("eos_bias", 0.0) if args.eos_bias is None
+                   else args.eos_bias)
+  if args.beam > 1:
+    if args.eos_bias:
+      raise UsageError(f"--eos-bias {args.eos_bias:g} is for greedy decoding (--beam 1); "
+                       "beam search controls length with --length-penalty.")
+    eos_bias = 0.0
   mesh = sharding.make_mesh()
   sharding.check_batch_size(batch_size, mesh, "--batch-size")
   if args.manual_dir is not None:
@@ -142,7 +153,7 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
 
   variables = jax.device_put(loaded.variables, sharding.replicated(mesh))
   decode_fn = inference.make_decode_fn(loaded.model, beam_size=args.beam, max_len=max_len,
-                                       length_penalty=length_penalty)
+                                       length_penalty=length_penalty, eos_bias=eos_bias)
   timings: dict[str, float] = {}
   preds = evaluators.decode_split(decode_fn, variables, loaded.vocab, batches(True), mesh,
                                   max_examples=args.max_examples, timings=timings)
@@ -173,14 +184,15 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   decode_s = timings["decode_seconds"]
   m.update(examples=n, decode_seconds=decode_s, images_per_sec=n / max(decode_s, 1e-9),
            split=split, beam=args.beam, step=loaded.step, max_decode_len=max_len,
-           length_penalty=length_penalty, batch_size=batch_size, devices=mesh.devices.size)
+           length_penalty=length_penalty, eos_bias=eos_bias, batch_size=batch_size,
+           devices=mesh.devices.size)
   # Without the first batch of each shape, which carries the compilation.
   steady_s = decode_s - timings["first_batch_seconds"]
   steady_n = n - timings["first_batch_examples"]
   if steady_n > 0 and steady_s > 0:
     m.update(steady_examples=steady_n, steady_images_per_sec=steady_n / steady_s)
 
-  out_dir = _out_dir(workdir, split, args.beam)
+  out_dir = _out_dir(workdir, split, args.beam, eos_bias)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     write_predictions(os.path.join(out_dir, "predictions.tsv"), preds)

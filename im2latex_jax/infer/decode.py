@@ -143,7 +143,8 @@ def greedy_search(step_fn: StepFn,
                   eos_id: int,
                   max_len: int,
                   collect_aux: bool = False,
-                  loop_span: int = 0) -> GreedyResult:
+                  loop_span: int = 0,
+                  eos_bias: float = 0.0) -> GreedyResult:
   """Picks the most likely token at every step until all sequences hit EOS.
 
   Args:
@@ -160,6 +161,10 @@ def greedy_search(step_fn: StepFn,
       period of at most MAX_LOOP_PERIOD tokens (`\\! \\! \\! ...`) is stopped
       there and flagged in `GreedyResult.looped`, instead of running to
       max_len; it ends without EOS. 0 (or more than max_len): never.
+    eos_bias: added to EOS's log-probability when the next token is chosen
+      (< 0: a sequence ends only when EOS wins by more than -eos_bias nats;
+      against a model that stops too early). The log-probabilities returned
+      are the model's own, without it. 0: plain greedy.
 
   Returns:
     A `GreedyResult`.
@@ -195,7 +200,8 @@ def greedy_search(step_fn: StepFn,
     logits, carry, aux = _split_step_output(
         step_fn(state.carry, state.last_tokens))
     log_probs = jax.nn.log_softmax(logits)  # [batch, vocab]
-    next_tokens = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    scores = log_probs if eos_bias == 0.0 else log_probs.at[:, eos_id].add(eos_bias)
+    next_tokens = jnp.argmax(scores, axis=-1).astype(jnp.int32)
     next_logprobs = jnp.take_along_axis(
         log_probs, next_tokens[:, None], axis=-1)[:, 0]
     # Sequences that already ended emit PAD at zero cost.

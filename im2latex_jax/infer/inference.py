@@ -91,7 +91,7 @@ def step_fn(model, variables, enc):
 
 def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
                    length_penalty: float = 0.0, collect_attention: bool = False,
-                   loop_span: int = 0):
+                   loop_span: int = 0, eos_bias: float = 0.0):
   """Returns jit(fn)(variables, images, image_hw) -> dict of numpy-able arrays.
 
   Greedy (beam_size == 1) returns tokens [B, L], logprobs [B],
@@ -99,7 +99,8 @@ def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
   [B, L, N] plus feature_hw [B, 2]. Beam search returns the best beam in the
   same keys (no per-token values) and all beams under 'beam_tokens'.
   `loop_span` > 0 stops a greedy sequence that loops (`decode.greedy_search`)
-  and adds 'looped' [B].
+  and adds 'looped' [B]; `eos_bias` < 0 makes greedy end a sequence later
+  (`decode.greedy_search`; config.evals.eos_bias).
   """
   if beam_size < 1:
     raise ValueError(f"beam size must be >= 1, got {beam_size}.")
@@ -108,7 +109,7 @@ def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
     b = images.shape[0]
     enc = model.apply(variables, images, image_hw, method=model.encode)
     if beam_size == 1:
-      return _greedy(model, variables, enc, max_len, collect_attention, loop_span)
+      return _greedy(model, variables, enc, max_len, collect_attention, loop_span, eos_bias)
     carry = model.apply(variables, enc, method=model.init_carry)
     tiled = jax.tree.map(lambda x: decode.flatten_beam_dim(decode.add_beam_dim(x, beam_size)), enc)
     step = step_fn(model, variables, tiled)
@@ -125,12 +126,13 @@ def make_decode_fn(model, *, beam_size: int = 1, max_len: int = 152,
   return jax.jit(fn)
 
 
-def _greedy(model, variables, enc, max_len, collect_attention, loop_span):
+def _greedy(model, variables, enc, max_len, collect_attention, loop_span, eos_bias=0.0):
   """make_decode_fn's greedy outputs from the encoder's outputs `enc`."""
   carry = model.apply(variables, enc, method=model.init_carry)
   r = decode.greedy_search(step_fn(model, variables, enc), carry, enc["mask"].shape[0], bos_id=vocab_lib.BOS,
                            eos_id=vocab_lib.EOS, max_len=max_len,
-                           collect_aux=collect_attention, loop_span=loop_span)
+                           collect_aux=collect_attention, loop_span=loop_span,
+                           eos_bias=float(eos_bias))
   out = {"tokens": r.tokens, "logprobs": r.logprobs,
          "token_logprobs": r.token_logprobs, "lengths": r.lengths}
   if loop_span:
@@ -148,12 +150,12 @@ def make_encode_fn(model):
 
 
 def make_greedy_fn(model, *, max_len: int = 152, collect_attention: bool = False,
-                   loop_span: int = 0):
+                   loop_span: int = 0, eos_bias: float = 0.0):
   """jit(fn)(variables, enc) -> make_decode_fn's greedy outputs, from encoder
   outputs (e.g. `pad_encodings` of images encoded on different canvases: on
   CPU a batch of k sequences decodes in about the time of one)."""
   return jax.jit(lambda variables, enc: _greedy(model, variables, enc, max_len,
-                                                collect_attention, loop_span))
+                                                collect_attention, loop_span, eos_bias))
 
 
 # Axis of the feature cells in each encoder output the decoders read.

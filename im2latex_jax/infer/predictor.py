@@ -217,12 +217,15 @@ def make_teacher_forced_fn(model):
 
 
 def make_predict_fn(model, *, beam_size: int, max_len: int,
-                    length_penalty: float = 0.0, loop_span: int = LOOP_SPAN):
+                    length_penalty: float = 0.0, loop_span: int = LOOP_SPAN,
+                    eos_bias: float = 0.0):
   """jit(fn)(variables, images, image_hw) -> tokens, logprobs, lengths,
-  token_logprobs [B, L], attention [B, L, N], feature_hw [B, 2]."""
+  token_logprobs [B, L], attention [B, L, N], feature_hw [B, 2]; `eos_bias`
+  is greedy's (decode.greedy_search)."""
   if beam_size == 1:
     return inference.make_decode_fn(model, beam_size=1, max_len=max_len,
-                                    collect_attention=True, loop_span=loop_span)
+                                    collect_attention=True, loop_span=loop_span,
+                                    eos_bias=eos_bias)
   search = inference.make_decode_fn(model, beam_size=beam_size, max_len=max_len,
                                     length_penalty=length_penalty)
   forced = make_teacher_forced_fn(model)
@@ -269,6 +272,7 @@ class Predictor:
                      else preprocess.canvas_ladder(self.buckets))
     self.max_len = int(loaded.config.evals.max_decode_len)
     self.length_penalty = float(loaded.config.evals.get("length_penalty", 0.0))
+    self.eos_bias = float(loaded.config.evals.get("eos_bias", 0.0))
     self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
     # The glyph-size search (see predict_each and preprocess.SCALE_ROUNDS);
     # () reads each image once, at preprocess.estimate_scale.
@@ -291,7 +295,8 @@ class Predictor:
     # decoder per (batch, feature cells) for a round's encodings together.
     self._encode_fn = inference.make_encode_fn(loaded.model)
     self._greedy_fn = inference.make_greedy_fn(
-        loaded.model, max_len=self.max_len, collect_attention=True, loop_span=self.loop_span)
+        loaded.model, max_len=self.max_len, collect_attention=True, loop_span=self.loop_span,
+        eos_bias=self.eos_bias)
     self._encoders: dict[tuple[tuple[int, int], int], Any] = {}
     self._decoders: dict[tuple[int, int], Any] = {}
     # False: the search reads each canvas group encode-and-decode, as before
@@ -319,7 +324,8 @@ class Predictor:
     if fn is None:
       fn = self._fns[beam] = make_predict_fn(
           self._loaded.model, beam_size=beam, max_len=self.max_len,
-          length_penalty=self.length_penalty, loop_span=self.loop_span)
+          length_penalty=self.length_penalty, loop_span=self.loop_span,
+          eos_bias=self.eos_bias)
     h, w = bucket
     return self._compile_once(self._compiled, (beam, bucket, batch), fn,
                               jax.ShapeDtypeStruct((batch, h, w, 1), jnp.uint8),
