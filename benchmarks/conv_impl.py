@@ -1,4 +1,4 @@
-"""XLA's convolution vs im2col (`config.model.conv_impl`), interleaved in one process.
+"""XLA's convolution vs im2col vs Winograd (`config.model.conv_impl`), interleaved in one process.
 
     python benchmarks/conv_impl.py [--rounds 7] [--out conv_impl.json]
 
@@ -39,13 +39,16 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rounds", type=int, default=7)
   p.add_argument("--out", default=None)
+  p.add_argument("--impls", default="xla,im2col,winograd",
+                 help="comma-separated conv_impl values to compare (the first initializes)")
+  p.add_argument("--skip-encoder", action="store_true", help="only the training CNN")
   args = p.parse_args()
   cfg = defaults.base_config()
   built = {}
-  for impl in ("xla", "im2col"):
+  for impl in args.impls.split(","):
     cfg.model.conv_impl = impl
     built[impl] = models.get_model(cfg.model, 500)
-  variables = models.init_variables(built["xla"], jax.random.key(0))
+  variables = models.init_variables(next(iter(built.values())), jax.random.key(0))
   rng = np.random.default_rng(0)
   out = {"machine": {"cpu_count": os.cpu_count(), "backend": jax.default_backend(),
                      "loadavg_start": list(os.getloadavg())}, "ms": {}}
@@ -69,7 +72,7 @@ def main() -> None:
   # Inference: the encoder forward.
   enc = {impl: jax.jit(lambda v, x, hw, m=m: m.apply(v, x, hw, method=m.encode)["memory"])
          for impl, m in built.items()}
-  for b, h, w in ((1, 50, 200), (1, 100, 500), (32, 50, 200)):
+  for b, h, w in () if args.skip_encoder else ((1, 50, 200), (1, 100, 500), (32, 50, 200)):
     name = f"encoder_b{b}_{h}x{w}"
     out["ms"][name] = _median_ms(enc, (variables, *images(b, h, w)),
                                  args.rounds if b == 1 else max(args.rounds // 2, 1))

@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.input.batch_size = 32
   c.input.eval_batch_size = 32
   c.model.name = "im2markup"
-  c.model.conv_impl = "auto"  # im2col for training on CPU (BENCHMARKS.md)
+  c.model.conv_impl = "auto"  # Winograd/im2col for training on CPU (BENCHMARKS.md)
   c.model.dtype = "bfloat16" if arg == "bf16" else "float32"
   c.optim.name = "sgd"
   c.optim.lr = 0.1

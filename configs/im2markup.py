@@ -35,7 +35,7 @@ def get_config(arg=None):
   defaults.apply_protocol(c, arg)
 
   c.model.name = "im2markup"
-  c.model.conv_impl = "auto"  # im2col for training on CPU (BENCHMARKS.md)
+  c.model.conv_impl = "auto"  # Winograd/im2col for training on CPU (BENCHMARKS.md)
   c.model.init = "uniform"
   c.model.init_scale = 0.05
 

@@ -43,7 +43,7 @@ def get_config(arg=None):
 
   c.model.name = "im2markup"
   c.model.init = "conv_he"
-  c.model.conv_impl = "auto"  # im2col for training on CPU, cuDNN's on GPU
+  c.model.conv_impl = "auto"  # Winograd/im2col for training on CPU, cuDNN's on GPU
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3

@@ -439,6 +439,9 @@ MAX_FOREIGN_SHARE = 0.25
 MIN_ROUNDS = 5
 
 
+WARMUP_ROUNDS = 3  # untimed interleaved rounds before bench_versus_torch's timed ones
+
+
 def unreliable_because(rounds: int, load_before: float, foreign_share: float | None,
                        cores: int) -> list[str]:
   """Why a speed ratio measured so must not be a headline ([] if it may)."""
@@ -460,8 +463,9 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
                        start_load: float, skip_bf16: bool = False) -> dict | str:
   """JAX vs its PyTorch twin (fp32, and bf16 autocast), timed interleaved.
 
-  Each round runs one train step of every side in turn (JAX, JAX with XLA's
-  own convolution when the config's is im2col, PyTorch fp32, PyTorch bf16),
+  Each round runs one train step of every side in turn (JAX, JAX with the
+  other convolutions when the config trains with a rewritten one, PyTorch
+  fp32, PyTorch bf16),
   then one batched greedy decode of JAX and PyTorch fp32, so a change of load
   hits all sides alike; the ratios are per round (other time / JAX time: > 1
   means JAX is faster), reported as median and min-max.
@@ -490,20 +494,27 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
     holder["state"], metrics = step(holder["state"], dev)
     jax.device_get(metrics)
 
-  # The same step with XLA's direct convolution, when the config uses im2col.
-  xla_conv_step = None
-  if layers.conv_general_dilated(m.get("conv_impl", "xla"), train=True) is layers.im2col_conv:
+  # The same step with the other convolutions (XLA's direct one, im2col),
+  # when the config trains with a rewritten one: the rewrite's gain, interleaved.
+  conv_impl = {layers.im2col_conv: "im2col", layers.winograd_conv: "winograd"}.get(
+      layers.conv_general_dilated(m.get("conv_impl", "xla"), train=True), "xla")
+  alt_steps = {}
+  if conv_impl != "xla":
     from im2latex_jax import optim  # pylint: disable=g-import-not-at-top
-    xla_model = models.get_model(ml_collections.ConfigDict({**m.to_dict(), "conv_impl": "xla"}),
-                                 vocab_size)
     tx = optim.make_direction(config.optim)
-    xla_jit = jax.jit(steps_lib.make_train_step(xla_model, tx, optim.make_lr_schedule(config.optim),
-                                                jax.random.key(1)), donate_argnums=0)
-    holder["xla_state"] = jax.tree.map(jnp.array, state)
+    for impl in ("im2col", "xla"):
+      if impl == conv_impl:
+        continue
+      alt_model = models.get_model(ml_collections.ConfigDict({**m.to_dict(), "conv_impl": impl}),
+                                   vocab_size)
+      alt_jit = jax.jit(steps_lib.make_train_step(alt_model, tx, optim.make_lr_schedule(config.optim),
+                                                  jax.random.key(1)), donate_argnums=0)
+      holder[impl] = jax.tree.map(jnp.array, state)
 
-    def xla_conv_step():
-      holder["xla_state"], metrics = xla_jit(holder["xla_state"], dev)
-      jax.device_get(metrics)
+      def alt_step(impl=impl, alt_jit=alt_jit):
+        holder[impl], metrics = alt_jit(holder[impl], dev)
+        jax.device_get(metrics)
+      alt_steps[impl] = alt_step
 
   decode = inference.make_decode_fn(model, beam_size=1, max_len=max_len)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -515,14 +526,18 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
 
   jax_name = f"jax_{'bf16' if m.dtype == 'bfloat16' else 'fp32'}"
   train_sides = {jax_name: jax_step}
-  if xla_conv_step is not None:
-    train_sides[f"{jax_name}_xla_conv"] = xla_conv_step
+  for impl, fn in alt_steps.items():
+    train_sides[f"{jax_name}_{impl}_conv"] = fn
   train_sides["torch_fp32"] = torch_fp32
   if not skip_bf16:
     train_sides["torch_bf16_autocast"] = torch_bf16
   greedy_sides = {jax_name: jax_greedy, "torch_fp32": torch_greedy}
-  for fn in (*train_sides.values(), *greedy_sides.values()):  # warm-up (and compile)
-    fn()
+  # Untimed rounds first (the first compiles): in a 2026-12-03 run with one
+  # warm-up call, the JAX step fell from 5.1 to 2.8 s over the first five
+  # timed rounds while the other sides held steady.
+  for _ in range(WARMUP_ROUNDS):
+    for fn in (*train_sides.values(), *greedy_sides.values()):
+      fn()
   times = {"train": {k: [] for k in train_sides}, "greedy": {k: [] for k in greedy_sides}}
   with ForeignLoad() as load:
     for _ in range(rounds):
@@ -543,8 +558,9 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
   return {
       "torch_version": ref.torch.__version__, "threads": ref.torch.get_num_threads(),
       "params": int(sum(p.numel() for p in tmodel.parameters())), "rounds": rounds,
+      "warmup_rounds": WARMUP_ROUNDS,
       "order": "per round: train " + ", ".join(train_sides) + "; greedy " + ", ".join(greedy_sides),
-      "conv_impl": "im2col" if xla_conv_step is not None else "xla",
+      "conv_impl": conv_impl,
       "bf16_autocast": "skipped (--skip_bf16)" if skip_bf16 else "timed",
       "median_s": {kind: {k: statistics.median(v) for k, v in d.items()}
                    for kind, d in times.items()},

@@ -65,8 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.cnn_features = (64, 128, 256, 256, 512, 512)
   # How the im2markup CNN's 3x3 convolutions run (same parameters, same
   # function): 'xla' (lax.conv_general_dilated; cuDNN on GPU), 'im2col' (one
-  # matmul per conv: the full-size CNN's gradient ~2x faster on XLA:CPU), or
-  # 'auto' = im2col when training on CPU, xla otherwise (inference, GPU/TPU).
+  # matmul per conv: the full-size CNN's gradient ~2x faster on XLA:CPU),
+  # 'winograd' (F(2x2, 3x3) for the layers of >= 128 input channels, im2col
+  # below: ~20 % faster again), or 'auto' = winograd when training on CPU,
+  # xla otherwise (inference, GPU/TPU).
   # The full-size configs use 'auto'; on the small quickstart CNN im2col was
   # not faster (BENCHMARKS.md).
   c.model.conv_impl = "xla"

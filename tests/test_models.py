@@ -159,7 +159,44 @@ def test_im2col_conv_equals_lax(kernel, padding):
                                                        dimension_numbers=dn).shape
 
 
-def test_conv_impls_give_the_same_model():
+@pytest.mark.parametrize("hw,padding", [((9, 13), ((1, 1), (1, 1))), ((8, 10), ((1, 1), (1, 1))),
+                                        ((7, 12), ((0, 2), (1, 0))), ((6, 6), ((0, 0), (0, 0)))])
+def test_winograd_conv_equals_lax(hw, padding, monkeypatch):
+  """Values and both gradients of F(2x2, 3x3) equal lax's convolution, for
+  odd and even output sizes (tiles padded, then cropped) and any padding."""
+  from im2latex_jax.models import layers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 8)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, *hw, 9)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 9, 7)), jnp.float32)
+  dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+
+  def loss(conv):
+    return lambda x, k: jnp.sum(jnp.sin(conv(x, k, (1, 1), padding, dimension_numbers=dn,
+                                             precision="highest")))
+  want = jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dn,
+                                      precision="highest")
+  got = layers.winograd_conv(x, k, (1, 1), padding, dimension_numbers=dn, precision="highest")
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, k),
+                  jax.grad(loss(layers.winograd_conv), (0, 1))(x, k)):
+    # ~1e-6 of the largest entry: sums of ~60 products of unit normals.
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
+  # Not Winograd's case: fewer channels than the threshold, a 3x5 kernel, a
+  # stride: the same results by im2col / lax.
+  monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 16)
+  np.testing.assert_allclose(
+      layers.winograd_conv(x, k, (1, 1), padding, dimension_numbers=dn, precision="highest"),
+      want, rtol=1e-5, atol=1e-5)
+  k35 = jnp.asarray(rng.normal(size=(3, 5, 9, 7)), jnp.float32)
+  assert layers.winograd_conv(x, k35, (1, 1), ((1, 1), (2, 2)), dimension_numbers=dn).shape == (
+      2, *hw, 7)
+  assert layers.winograd_conv(x, k, (2, 2), padding, dimension_numbers=dn).shape == (
+      jax.lax.conv_general_dilated(x, k, (2, 2), padding, dimension_numbers=dn).shape)
+
+
+def test_conv_impls_give_the_same_model(monkeypatch):
   """One parameter set, both convolutions: the same logits and gradients, so a
   checkpoint trained with either runs with the other."""
   cfg = tiny_config()
@@ -168,7 +205,9 @@ def test_conv_impls_give_the_same_model():
   hw = jnp.array([[40, 160], [33, 100]])
   tokens = jnp.asarray(rng.integers(0, 30, (2, 6)), jnp.int32)
   out = {}
-  for impl in ("xla", "im2col"):
+  from im2latex_jax.models import layers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 1)  # every 3x3 layer of the tiny CNN
+  for impl in ("xla", "im2col", "winograd"):
     cfg.model.conv_impl = impl
     model = models.get_model(cfg.model, 30)
     if impl == "xla":
@@ -177,15 +216,17 @@ def test_conv_impls_give_the_same_model():
     def loss(params, model=model):
       return jnp.sum(model.apply({**variables, "params": params}, img, hw, tokens) ** 2)
     out[impl] = jax.value_and_grad(loss)(variables["params"])
-  (la, ga), (lb, gb) = out["xla"], out["im2col"]
-  np.testing.assert_allclose(la, lb, rtol=1e-4)
-  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
-    np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-7)
-  # 'auto' (the default): im2col for the training forward/backward on CPU,
-  # lax's convolution for inference (its forward is faster there).
-  from im2latex_jax.models import layers  # pylint: disable=g-import-not-at-top
+  la, ga = out["xla"]
+  for impl in ("im2col", "winograd"):
+    lb, gb = out[impl]
+    np.testing.assert_allclose(la, lb, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+      np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-7)
+  # 'auto': Winograd (im2col below its channel threshold) for the training
+  # forward/backward on CPU, lax's convolution for inference (its forward is
+  # faster there at batch 1).
   assert jax.default_backend() == "cpu"
-  assert layers.conv_general_dilated("auto", train=True) is layers.im2col_conv
+  assert layers.conv_general_dilated("auto", train=True) is layers.winograd_conv
   assert layers.conv_general_dilated("auto", train=False) is jax.lax.conv_general_dilated
   cfg.model.conv_impl = "fft"
   with pytest.raises(ValueError, match="conv_impl 'fft'"):
