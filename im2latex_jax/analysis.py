@@ -285,20 +285,6 @@ def top_substitutions(errors: Sequence[ExampleError], n: int = 15) -> list[dict[
   return [{"gold": g, "predicted": p, "count": c} for (g, p), c in counts.most_common(n)]
 
 
-def read_predictions(path: str) -> dict[str, tuple[str, str, float]]:
-  """An `evaluate` predictions.tsv as {image: (gold, prediction, logprob)}."""
-  out = {}
-  with open(path, encoding="utf-8") as f:
-    header = f.readline().rstrip("\n").split("\t")
-    if header[:3] != ["image", "gold", "prediction"]:
-      raise ValueError(f"{path}: not a predictions.tsv of `im2latex-jax evaluate` "
-                       f"(header {header[:3]}, want image, gold, prediction, logprob).")
-    for line in f:
-      name, gold, pred, *rest = line.rstrip("\n").split("\t")
-      out[name] = (gold, pred, float(rest[0]) if rest else float("nan"))
-  return out
-
-
 def token_balance(golds: Sequence[str], *runs: Sequence[str]) -> list[dict[str, Any]]:
   """Per token: its count in the references and, for each run of predictions
   (same order as `golds`), how many more or fewer times the run wrote it

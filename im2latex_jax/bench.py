@@ -496,8 +496,7 @@ def bench_versus_torch(config, batch, vocab_size, rounds: int, step, state, mode
 
   # The same step with the other convolutions (XLA's direct one, im2col),
   # when the config trains with a rewritten one: the rewrite's gain, interleaved.
-  conv_impl = {layers.im2col_conv: "im2col", layers.winograd_conv: "winograd"}.get(
-      layers.conv_general_dilated(m.get("conv_impl", "xla"), train=True), "xla")
+  conv_impl = layers.resolve_conv_impl(m.get("conv_impl", "xla"), train=True)
   alt_steps = {}
   if conv_impl != "xla":
     from im2latex_jax import optim  # pylint: disable=g-import-not-at-top

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from im2latex_jax import analysis
+from im2latex_jax.evaluation import evaluate
 from im2latex_jax.evaluation import metrics
 
 
@@ -22,7 +23,7 @@ def main(argv=None) -> int:
   p.add_argument("--top", type=int, default=25)
   args = p.parse_args(argv)
   try:
-    a, b = analysis.read_predictions(args.a), analysis.read_predictions(args.b)
+    a, b = evaluate.read_predictions(args.a), evaluate.read_predictions(args.b)
   except (OSError, ValueError) as e:
     sys.stderr.write(f"error: {e}\n")
     return 2

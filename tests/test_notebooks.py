@@ -83,12 +83,15 @@ def test_token_balance_of_two_runs(tmp_path):
   # \, moved most between the runs (2), then \bf, {, } (1 each, by name), x last.
   order = [r["token"] for r in analysis.token_balance(golds, a, b)]
   assert order[0] == "\\," and order[1:4] == ["\\bf", "{", "}"]
+  # evaluate's predictions.tsv read back as written (tabs in a field become spaces).
+  from im2latex_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.evaluation.evaluators import DecodedExample  # pylint: disable=g-import-not-at-top
   p = tmp_path / "predictions.tsv"
-  p.write_text("image\tgold\tprediction\tlogprob\nx.png\ta b\ta c\t-1.5\n")
-  assert analysis.read_predictions(str(p)) == {"x.png": ("a b", "a c", -1.5)}
+  evaluate.write_predictions(str(p), [DecodedExample("x.png", "a b", "a\tc", -1.5)])
+  assert evaluate.read_predictions(str(p)) == {"x.png": ("a b", "a c", -1.5)}
   p.write_text("name\tref\n")
   with pytest.raises(ValueError, match="not a predictions.tsv"):
-    analysis.read_predictions(str(p))
+    evaluate.read_predictions(str(p))
 
 
 def test_read_metrics_last_write_wins(tmp_path):

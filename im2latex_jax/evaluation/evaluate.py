@@ -94,14 +94,31 @@ def _out_dir(workdir: str, split: str, beam: int, eos_bias: float = 0.0) -> str:
   return os.path.join(workdir, "eval", f"{safe}_beam{beam}{bias}")
 
 
+PREDICTIONS_COLUMNS = ("image", "gold", "prediction", "logprob")
+
+
 def write_predictions(path: str, predictions) -> None:
   def clean(s: str) -> str:
     return s.replace("\t", " ").replace("\n", " ")
   with open(path, "w", encoding="utf-8") as f:
-    f.write("image\tgold\tprediction\tlogprob\n")
+    f.write("\t".join(PREDICTIONS_COLUMNS) + "\n")
     for p in predictions:
       f.write(f"{clean(p.image_name)}\t{clean(p.gold)}\t{clean(p.prediction)}\t"
               f"{p.logprob:.6f}\n")
+
+
+def read_predictions(path: str) -> dict[str, tuple[str, str, float]]:
+  """A predictions.tsv of `write_predictions` as {image: (gold, prediction, logprob)}."""
+  out = {}
+  with open(path, encoding="utf-8") as f:
+    header = tuple(f.readline().rstrip("\n").split("\t"))
+    if header[:3] != PREDICTIONS_COLUMNS[:3]:
+      raise ValueError(f"{path}: not a predictions.tsv of `im2latex-jax evaluate` "
+                       f"(header {list(header[:3])}, want {', '.join(PREDICTIONS_COLUMNS)}).")
+    for line in f:
+      name, gold, pred, *rest = line.rstrip("\n").split("\t")
+      out[name] = (gold, pred, float(rest[0]) if rest else float("nan"))
+  return out
 
 
 def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:

@@ -139,11 +139,18 @@ def conv_general_dilated(impl: str, train: bool = True):
   inputs, im2col for the rest) or 'auto': winograd when training on CPU
   (where its gradient is the fastest), lax's otherwise (inference on CPU,
   where lax's forward is faster at batch 1, and cuDNN's on GPU)."""
+  impl = resolve_conv_impl(impl, train)
+  return {"im2col": im2col_conv, "winograd": winograd_conv}.get(impl, jax.lax.conv_general_dilated)
+
+
+def resolve_conv_impl(impl: str, train: bool = True) -> str:
+  """The implementation `conv_general_dilated(impl, train)` runs: 'auto'
+  resolved to 'winograd' or 'xla' for this backend; others as given."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"config.model.conv_impl {impl!r} is not one of {CONV_IMPLS}.")
   if impl == "auto":
-    impl = "winograd" if train and jax.default_backend() == "cpu" else "xla"
-  return {"im2col": im2col_conv, "winograd": winograd_conv}.get(impl, jax.lax.conv_general_dilated)
+    return "winograd" if train and jax.default_backend() == "cpu" else "xla"
+  return impl
 
 
 def normalize_images(images: jax.Array, image_hw: jax.Array, dtype) -> jax.Array:
