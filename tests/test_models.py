@@ -308,7 +308,8 @@ def _flax_luong_cell(vocab, hidden, embed_dim):
 def test_decoder_cell_equals_flax_lstm_cell_with_and_without_precomputed_weights():
   """LuongDecoderCell (token-gate table, fused kernels) has the parameters,
   initial values, outputs and gradients of the compact nn.OptimizedLSTMCell
-  cell it replaced; passing decode_weights() computed once gives the same step."""
+  cell it replaced; passing weights() computed once gives the same step, and
+  so does the decoding step `decode` (regrouped products)."""
   from im2latex_jax.models import im2markup  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   vocab, hidden, emb, n = 11, 8, 5, 6
@@ -335,3 +336,17 @@ def test_decoder_cell_equals_flax_lstm_cell_with_and_without_precomputed_weights
   grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply({"params": p}, enc, carry, tok)[1][0] * g))(params)
   for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(ref))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The decoding step (products regrouped; carry + pre = o W_o + h W_h) from
+  # the same state gives the same outputs and next state, with or without
+  # decode_weights computed once; its next `pre` is the regrouped product of
+  # the new (h, o).
+  pre = carry[1] @ weights["wi_o"] + carry[0][1] @ weights["wh"]
+  dw = ours.apply({"params": params}, method=ours.decode_weights)
+  (ref_carry, ref_out) = outs[2]
+  for w in (None, dw):
+    (c2, o2, pre2), out2 = ours.apply({"params": params}, enc, (*carry, pre), tok, w,
+                                      method=ours.decode)
+    for a, b in zip(jax.tree.leaves(((c2, o2), out2)), jax.tree.leaves((ref_carry, ref_out))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pre2, o2 @ weights["wi_o"] + c2[1] @ weights["wh"],
+                               rtol=1e-5, atol=1e-6)
