@@ -10,8 +10,10 @@ benchmarks/latency.py:
   its weights computed once: five matrix products a step (o W_o, h W_h,
   combine, out; the token-gate table is a gather);
 - "decode": `LuongDecoderCell.decode`, what `decode_step` and every decoding
-  loop run: h [W_h | combine's h rows] and o [W_o | out] regrouped, three
-  products a step, the gates' share of (h, o) carried to the next step.
+  loop run: h [W_h | combine's h rows] and o [W_o | out] regrouped, the
+  gates' share of (h, o) carried to the next step, and attention over
+  memory · combine's context rows (computed once per call): two products a
+  step.
 
 Each round times --calls calls of each side in alternation (order flipped every
 round); prints the per-side medians and the median cell/decode ratio with its

@@ -8,6 +8,7 @@ import pytest
 from im2latex_jax import defaults
 from im2latex_jax import models
 from im2latex_jax.data import buckets
+from im2latex_jax.infer import inference
 
 from conftest import tiny_config
 
@@ -102,6 +103,9 @@ def test_padding_content_does_not_change_output():
   l1, _, _ = model.apply(variables, enc, carry, toks[:, 0], method=model.decode_step)
   l2, _, _ = model.apply(variables, junk, carry, toks[:, 0], method=model.decode_step)
   np.testing.assert_allclose(l1, l2, atol=1e-6)
+  # ... and so is the junk in precomputed decoding weights (im2markup's attention values).
+  step = inference.step_fn(model, variables, junk)
+  np.testing.assert_allclose(step(carry, toks[:, 0])[0], l1, atol=1e-6)
 
 
 @pytest.mark.parametrize("scheme", ["uniform", "conv_he", "default"])
@@ -341,7 +345,7 @@ def test_decoder_cell_equals_flax_lstm_cell_with_and_without_precomputed_weights
   # decode_weights computed once; its next `pre` is the regrouped product of
   # the new (h, o).
   pre = carry[1] @ weights["wi_o"] + carry[0][1] @ weights["wh"]
-  dw = ours.apply({"params": params}, method=ours.decode_weights)
+  dw = ours.apply({"params": params}, enc, method=ours.decode_weights)
   (ref_carry, ref_out) = outs[2]
   for w in (None, dw):
     (c2, o2, pre2), out2 = ours.apply({"params": params}, enc, (*carry, pre), tok, w,

@@ -79,10 +79,10 @@ def load_model(workdir: str, step: int | str = "best") -> LoadedModel:
 def step_fn(model, variables, enc):
   """`(carry, tokens) -> (logits, carry, aux)`: the model's `decode_step` over
   the encoding `enc`, for a decoding loop. A model with `decode_weights` (the
-  im2markup decoder's fused LSTM kernels and token-gate table) has them
-  computed here, once, outside the loop, not at every step."""
+  im2markup decoder's regrouped kernels, token-gate table and attention
+  values) has them computed here, once, outside the loop, not at every step."""
   if hasattr(model, "decode_weights"):
-    weights = model.apply(variables, method=model.decode_weights)
+    weights = model.apply(variables, enc, method=model.decode_weights)
     return lambda carry, tokens: model.apply(variables, enc, carry, tokens, weights,
                                              method=model.decode_step)
   return lambda carry, tokens: model.apply(variables, enc, carry, tokens,
