@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import numpy as np
@@ -74,12 +73,9 @@ def compare(batch: int, rounds: int, calls: int, max_len: int) -> dict:
   with bench.ForeignLoad() as load:
     for r in range(rounds):
       for name in (list(fns) if r % 2 else list(fns)[::-1]):
-        ts = []
-        for _ in range(calls):
-          t = time.perf_counter()
-          jax.block_until_ready(fns[name](loaded.variables, enc))
-          ts.append(time.perf_counter() - t)
-        times[name].append(1000 * float(np.median(ts)))
+        med, _ = bench._median_time(lambda f=fns[name]: f(loaded.variables, enc), calls,  # pylint: disable=protected-access
+                                    warmup=0)
+        times[name].append(1000 * med)
   ratio = np.array(times["cell"]) / np.array(times["decode"])
   cores = len(os.sched_getaffinity(0))
   return {"batch": batch, "tokens": max_len, "rounds": rounds, "calls_per_round": calls,
