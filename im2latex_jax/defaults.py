@@ -128,6 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
   # 'global', 'per_tensor' (im2markup) or 'none'; max gradient norm.
   c.optim.clip = "global"
   c.optim.clip_norm = 5.0
+  # Parameters not to train: comma-separated module paths ('cell,key_proj' =
+  # the decoder of im2markup, 'cnn/conv0'). They keep their values (zero
+  # update, no optimizer state); BatchNorm statistics still follow the data.
+  c.optim.frozen = ""
   c.optim.plateau = ml_collections.ConfigDict()
   # Metric that drives the plateau schedule and the best checkpoint:
   # 'loss' (validation loss, minimised) or a decoding metric such as 'bleu4'.

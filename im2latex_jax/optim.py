@@ -13,6 +13,7 @@ validation metric (negated for metrics to maximise: it always minimises).
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -53,7 +54,34 @@ def make_direction(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
   else:
     raise ValueError(f"Unknown config.optim.name {cfg.name!r}; use sgd, momentum, "
                      "nesterov, adam or adamw.")
-  return optax.chain(*chain)
+  # (optax.chain of nothing fails: plain SGD without a clip is the identity.)
+  direction = optax.chain(*chain) if chain else optax.identity()
+  frozen = frozen_prefixes(cfg)
+  if not frozen:
+    return direction
+  # Frozen parameters get a zero update and no optimizer state; the clip sees
+  # only the trained ones. (Their gradients are still computed: the step's
+  # grad_norm and finiteness check cover every parameter.)
+  return optax.multi_transform({"train": direction, "frozen": optax.set_to_zero()},
+                               lambda params: frozen_labels(params, frozen))
+
+
+def frozen_prefixes(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.optim.frozen ('cell,key_proj', 'cnn/conv0', ...) as path prefixes."""
+  return tuple(p.strip().strip("/") for p in (cfg.get("frozen") or "").split(",") if p.strip())
+
+
+def frozen_labels(params, prefixes: tuple[str, ...]):
+  """'frozen' / 'train' per parameter; a prefix that names nothing is an error."""
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  under = lambda key, p: key == p or key.startswith(p + "/")
+  unknown = [p for p in prefixes if not any(under(k, p) for k in flat)]
+  if unknown:
+    top = sorted({k.split("/")[0] for k in flat})
+    raise ValueError(f"config.optim.frozen={','.join(prefixes)!r}: {', '.join(unknown)} names no "
+                     f"parameter; give paths of the parameter tree under {', '.join(top)}.")
+  return flax.traverse_util.unflatten_dict(
+      {k: "frozen" if any(under(k, p) for p in prefixes) else "train" for k in flat}, sep="/")
 
 
 def make_lr_schedule(cfg: ml_collections.ConfigDict, num_steps: int | None = None

@@ -178,6 +178,36 @@ def test_per_tensor_clip():
   np.testing.assert_allclose(out["b"], [3.0, 0.0])              # norm 3 kept
 
 
+def test_frozen_modules_keep_their_values_and_the_rest_trains_as_before():
+  """config.optim.frozen: the decoder stays bit for bit; with plain SGD and no
+  clip the encoder's update is the one of the unfrozen run (its gradient does
+  not depend on whether the decoder moves)."""
+  mesh = sharding.make_mesh()
+  batch = sharding.shard_batch(_batch(np.random.default_rng(4)), mesh)
+  out = {}
+  for frozen in ("", "cell,key_proj"):
+    cfg = tiny_config()
+    cfg.optim.name, cfg.optim.lr, cfg.optim.clip = "sgd", 0.5, "none"
+    cfg.optim.frozen = frozen
+    state, step = _setup(cfg, mesh)
+    init = jax.device_get(state.params)
+    state, _ = step(state, batch)
+    out[frozen] = init, jax.device_get(state.params)
+  (init, plain), (_, frozen) = out[""], out["cell,key_proj"]
+  assert set(init) == {"cnn", "rows", "key_proj", "cell"}
+  for name in ("cell", "key_proj"):
+    chex.assert_trees_all_equal(frozen[name], init[name])
+    assert not np.allclose(plain[name]["kernel"] if name == "key_proj"
+                           else plain[name]["out"]["kernel"],
+                           init[name]["kernel"] if name == "key_proj"
+                           else init[name]["out"]["kernel"])
+  for name in ("cnn", "rows"):
+    chex.assert_trees_all_close(frozen[name], plain[name], rtol=1e-5, atol=1e-7)
+  cfg.optim.frozen = "cell,decoder"
+  with pytest.raises(ValueError, match="decoder names no parameter; give paths"):
+    _setup(cfg, mesh)
+
+
 def test_batch_size_not_divisible():
   mesh = sharding.make_mesh()
   with pytest.raises(ValueError, match="not divisible by the 8 devices.*multiple of 8"):

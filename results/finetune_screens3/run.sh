@@ -6,6 +6,7 @@
 # learning rate down to 5 % and then blends with v1 again.
 #
 #   bash results/finetune_screens3/run.sh [DATA=../shared/data/im2latex100k] [WORK=/tmp/ft3] [STEPS=1200]
+#   (STEPS=0: steps 1-2 only, the weights and the data)
 #
 # Every step is seeded; a rerun skips what exists and `train` resumes from its
 # last checkpoint. Needs a clone with history (v1 via scripts/get_v1_model.sh)
@@ -43,6 +44,8 @@ render pdflatex 5 5000 pdflatex5 --fonts times,txfonts,palatino,pxfonts,euler
 [[ -d "$W/mixed" ]] || "$BIN" merge-data --out "$W/mixed" --add "$D" --add "$W/pdflatex:train" \
     --add "$W/pdflatex4:train" --add "$W/katex:train" --add "$W/mathjax:train" \
     --add "$W/pdflatex5:train"
+
+[[ $STEPS == 0 ]] && exit 0   # data only (results/finetune_screens5/run.sh)
 
 # 3. Continue training (fresh Adam, 50 warm-up steps, cosine 7e-5 -> 3.5e-6).
 "$BIN" train --config configs/screens.py --workdir "$W/run" --config.init_from="$W/ft1040" \
