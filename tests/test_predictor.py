@@ -22,6 +22,7 @@ import pytest
 
 from conftest import tiny_config
 from conftest_serve import encode, running_server
+from im2latex_jax.infer import inference
 from im2latex_jax.infer import predictor as predictor_lib
 from im2latex_jax.infer import preprocess
 from im2latex_jax import train
@@ -226,6 +227,19 @@ def test_shipped_model_and_env_var(monkeypatch, workdir, tmp_path):
   monkeypatch.setenv(predictor_lib.MODEL_ENV, str(tmp_path))
   with pytest.raises(ValueError, match="config.json"):
     predictor_lib.load_predictor(None)
+
+
+def test_package_default_is_the_v2_model(monkeypatch):
+  """With no --workdir and no IM2LATEX_MODEL, predict and serve read the
+  shipped v2 (v1 fine-tuned on the mixed renders, blended 0.4/0.6 with v1;
+  model card), not v1 (scripts/get_v1_model.sh)."""
+  monkeypatch.delenv(predictor_lib.MODEL_ENV, raising=False)
+  if predictor_lib.default_model_dir() is None:
+    pytest.skip("no shipped model")
+  assert predictor_lib.default_model_dir() == predictor_lib.SHIPPED_MODEL_DIR
+  loaded = inference.load_model(predictor_lib.SHIPPED_MODEL_DIR)
+  assert loaded.model_id == "screens3@1040*0.4+shipped@8000*0.6"
+  assert loaded.config.init_from.startswith("im2latex_jax/assets/model at commit 8c54d1f (v1")
 
 
 def test_bad_workdir_is_a_value_error(tmp_path):

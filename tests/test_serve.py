@@ -506,8 +506,11 @@ def test_serve_main_bad_workdir(stub_loader, capsys):
 
 def test_cli_uses_load_predictor(stub_loader, image_dir, capsys):
   (image_dir / "broken.png").unlink()
+  asked = []
+  stub_loader.load_predictor = lambda workdir=None: asked.append(workdir) or fake.FakePredictor()
   assert predict_cli.main(["im2latex-jax predict", str(image_dir)]) == 0
   assert len(capsys.readouterr().out.splitlines()) == 3
+  assert asked == [None]  # no --workdir: the loader's default (the shipped model)
 
   def none(workdir=None):
     raise stub_loader.NoModelError("no workdir given and no shipped model")
