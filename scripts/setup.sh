@@ -61,7 +61,11 @@ MATHJAX_VERSION=3.2.2
 if command -v npm >/dev/null && [[ ! -f "$NODE_DIR/node_modules/mathjax-full/package.json" ]]; then
   echo "setup: npm install mathjax-full@$MATHJAX_VERSION into $NODE_DIR"
   mkdir -p "$NODE_DIR"
-  # Only the mathjax renderer needs it: a failed install is a warning.
+  # Only the mathjax renderer needs it: a failed install is a warning. Node
+  # trusts only its bundled CAs; adding the system's (as pip and apt use) lets
+  # it through a TLS-inspecting proxy without a ~/.npmrc cafile.
+  SYSTEM_CA=/etc/ssl/certs/ca-certificates.crt
+  if [[ -z "${NODE_EXTRA_CA_CERTS:-}" && -f $SYSTEM_CA ]]; then export NODE_EXTRA_CA_CERTS=$SYSTEM_CA; fi
   timeout 600 npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" \
       "mathjax-full@$MATHJAX_VERSION" >/dev/null \
     || echo "setup: warning: npm install mathjax-full failed; the mathjax renderer (render-screens --engine mathjax, the benchmark's mathjax rows) is unavailable until it succeeds" >&2
