@@ -12,6 +12,8 @@
   im2latex-jax bench    [--config ...]
   im2latex-jax merge-data --out DIR --add DIR[:split] --add DIR[:split] ...
   im2latex-jax shards export|train --config C --out DIR | --shards DIR --workdir W
+  im2latex-jax normalize < raw.txt > normalized.txt
+  im2latex-jax harvest  --src SOURCES(.tar.gz|/) --out DIR [--max-tokens 150]
   im2latex-jax export-model --workdir W --out DIR [--dtype bfloat16] [--blend MODEL --alpha A]
 
 Each subcommand lives in the module named for its concern; this file only
@@ -39,6 +41,8 @@ COMMANDS = {
     "export-model": ("im2latex_jax.infer.inference", "export_main"),
     "merge-data": ("im2latex_jax.data.merge", "main"),
     "shards": ("im2latex_jax.train_cli", "shards_main"),
+    "normalize": ("im2latex_jax.latex.normalize", "main"),
+    "harvest": ("im2latex_jax.latex.harvest", "main"),
 }
 
 

@@ -25,6 +25,7 @@ from conftest_serve import encode, running_server
 from im2latex_jax.infer import inference
 from im2latex_jax.infer import predictor as predictor_lib
 from im2latex_jax.infer import preprocess
+from im2latex_jax.latex.idiomatic import to_idiomatic
 from im2latex_jax import train
 from im2latex_jax.data import core
 from im2latex_jax.data import vocab as vocab_lib
@@ -264,7 +265,7 @@ def test_api_with_real_predictor(predictor):
     assert resp.status_code == 200, resp.get_data(as_text=True)
     body = resp.get_json()
     assert body["model_id"] == predictor.model_id
-    assert body["latex"] == " ".join(body["tokens"])
+    assert body["latex"] == to_idiomatic(body["tokens"])
     assert len(body["token_probs"]) == len(body["tokens"])
     assert len(body["attention"]["maps"]) == len(body["tokens"])
     assert body["image"].startswith("data:image/png;base64,")
@@ -277,7 +278,7 @@ def test_api_with_real_predictor(predictor):
 def test_concurrent_requests_on_real_model(predictor):
   app = app_lib.create_app(lambda: predictor)
   pngs = [encode(Image.fromarray(im)) for im in SHORT + [LONG]]
-  expected = {i: predictor.predict([im])[0].latex
+  expected = {i: predictor.predict([im])[0].idiomatic
               for i, im in enumerate(SHORT + [LONG])}
 
   def post(i):

@@ -87,7 +87,7 @@ def test_predict_multipart(client):
   resp = post_image(client, formula_png(), beam="3")
   assert resp.status_code == 200
   body = resp.get_json()
-  assert body["latex"] == "\\frac { a } { b }"
+  assert body["latex"] == "\\frac{a}{b}"
   assert body["tokens"] == list(fake.FAKE_TOKENS)
   assert body["token_probs"] == pytest.approx(list(fake.FAKE_PROBS))
   assert body["beam"] == 3
@@ -261,7 +261,7 @@ def test_upload_field_file_and_non_utf8_filename(client):
   resp = client.post("/api/predict", data=body,
                      content_type="multipart/form-data; boundary=XX")
   assert resp.status_code == 200, resp.get_data(as_text=True)
-  assert resp.get_json()["latex"] == "\\frac { a } { b }"
+  assert resp.get_json()["latex"] == "\\frac{a}{b}"
 
 
 def test_truncated_image(client):
@@ -388,7 +388,7 @@ def test_concurrent_requests_on_waitress():
       assert status == 422 and "blank" in body["error"]
     else:
       assert status == 200, body
-      assert body["latex"] == "\\frac { a } { b }"
+      assert body["latex"] == "\\frac{a}{b}"
   # The blank image was refused in its own request thread, before the queue.
   assert sum(predictor.calls) == 19
   assert max(predictor.calls) > 1  # requests were coalesced into batches
@@ -434,7 +434,7 @@ def test_cli_directory(image_dir):
   rc, out, err = run_cli([str(image_dir)])
   assert rc == 1  # broken.png
   assert [line.split("\t") for line in out] == [
-      [str(image_dir / n), "\\frac { a } { b }"]
+      [str(image_dir / n), "\\frac{a}{b}"]
       for n in ("a.png", "b.jpg", "c.png")]
   assert len(err) == 1 and "broken.png: error: not a recognized image" in err[0]
 
@@ -472,7 +472,7 @@ def test_cli_stdin(monkeypatch):
 
   monkeypatch.setattr(sys, "stdin", Stdin)
   rc, out, _ = run_cli(["-"])
-  assert rc == 0 and out == ["-\t\\frac { a } { b }"]
+  assert rc == 0 and out == ["-\t\\frac{a}{b}"]
 
 
 def test_cli_usage_errors(image_dir):
@@ -520,6 +520,17 @@ def test_cli_uses_load_predictor(stub_loader, image_dir, capsys):
   assert "no shipped model" in capsys.readouterr().err
 
 
+def test_cli_answers_idiomatic_latex_unless_asked_for_tokens(image_dir):
+  rc, out, _ = run_cli([str(image_dir / "a.png")])
+  assert rc == 0 and out[0].split("\t")[1] == "\\frac{a}{b}"
+  rc, out, _ = run_cli([str(image_dir / "a.png"), "--format", "tokens"])
+  assert rc == 0 and out[0].split("\t")[1] == "\\frac { a } { b }"
+  rc, out, _ = run_cli([str(image_dir / "a.png"), "--format", "tokens", "--json"])
+  record = json.loads(out[0])
+  assert record["latex"] == "\\frac { a } { b }"
+  assert record["tokens"] == ["\\frac", "{", "a", "}", "{", "b", "}"]
+
+
 def test_cli_good_garbage_missing(tmp_path, image_dir):
   garbage = tmp_path / "garbage.png"
   garbage.write_bytes(bytes(range(256)) * 4)
@@ -527,7 +538,7 @@ def test_cli_good_garbage_missing(tmp_path, image_dir):
   rc, out, err = run_cli([str(image_dir / "a.png"), str(garbage), str(missing), "--json"])
   assert rc == 1  # not every file succeeded
   records = [json.loads(line) for line in out]
-  assert records[0]["path"].endswith("a.png") and records[0]["latex"] == "\\frac { a } { b }"
+  assert records[0]["path"].endswith("a.png") and records[0]["latex"] == "\\frac{a}{b}"
   assert records[0]["low_confidence"] is False and records[0]["warnings"] == []
   assert records[1]["path"] == str(garbage) and "error" in records[1]
   assert records[2]["path"] == str(missing) and "no such file" in records[2]["error"]

@@ -4,12 +4,16 @@
 
 Arguments are files, directories (every image directly inside, sorted by name)
 or `-` for image bytes on stdin. Prints one line per image to stdout,
-`<path>\t<latex>`, or with --json one JSON object per line (`latex`,
-`tokens`, `token_probs`, `logprob`, `low_confidence` with its `warnings`, the
+`<path>\t<latex>`, or with --json one JSON object per line (`latex`, the
+token list `tokens`, `token_probs`, `logprob`, `low_confidence` with its `warnings`, the
 applied `scale`, `timings`). An image that cannot be read or predicted prints
 `<path>: error: <reason>` to stderr (and with --json a `{"path", "error"}`
 record to stdout) and the others go on. Exit status: 0 only if every image
 was predicted, 1 if any failed, 2 for a usage or model error.
+
+`latex` is idiomatic LaTeX (`\\tanh^{2}`, `C_{n1}`: latex.idiomatic, renders as
+the tokens do); `--format tokens` gives the model's token form instead
+(`\\operatorname { t a n h } ^ { 2 }`), the form the metrics score.
 """
 
 from __future__ import annotations
@@ -61,10 +65,19 @@ def _read(path: str) -> np.ndarray:
   return image_io.decode_image(data)
 
 
-def _record(path: str, pred, beam: int) -> dict[str, Any]:
+# --format: what `latex` holds (text output and JSON alike).
+FORMATS = ("latex", "tokens")
+
+
+def answer_latex(pred, fmt: str = "latex") -> str:
+  """The answer's LaTeX: idiomatic (`latex`) or the model's token form."""
+  return pred.latex if fmt == "tokens" else pred.idiomatic
+
+
+def _record(path: str, pred, beam: int, fmt: str = "latex") -> dict[str, Any]:
   return {
       "path": path,
-      "latex": pred.latex,
+      "latex": answer_latex(pred, fmt),
       "tokens": list(pred.tokens),
       "token_probs": [round(float(p), 6) for p in pred.token_probs],
       "logprob": float(pred.logprob),
@@ -78,8 +91,9 @@ class _Runner:
   """Batches decoded images through the predictor and prints results in order."""
 
   def __init__(self, predictor, beam: int, as_json: bool, out: TextIO,
-               err: TextIO):
+               err: TextIO, fmt: str = "latex"):
     self.predictor, self.beam, self.as_json = predictor, beam, as_json
+    self.fmt = fmt
     self.out, self.err = out, err
     self.failed = 0
 
@@ -103,9 +117,10 @@ class _Runner:
         self.fail(path, str(pred))
         continue
       if self.as_json:
-        line = json.dumps(_record(path, pred, self.beam), ensure_ascii=False)
+        line = json.dumps(_record(path, pred, self.beam, self.fmt),
+                          ensure_ascii=False)
       else:
-        line = f"{path}\t{pred.latex}"
+        line = f"{path}\t{answer_latex(pred, self.fmt)}"
       print(line, file=self.out, flush=True)
 
 
@@ -138,6 +153,11 @@ def main(argv: list[str], predictor=None, out: TextIO | None = None,
                       help="beam size; 1 is greedy decoding")
   parser.add_argument("--json", action="store_true",
                       help="one JSON object per line instead of path<TAB>latex")
+  parser.add_argument("--format", choices=FORMATS, default="latex",
+                      help="latex: idiomatic LaTeX (\\tanh^{2}); tokens: the "
+                      "model's normalized token form (\\operatorname { t a n h }"
+                      " ^ { 2 }), as metrics score it. JSON always has the "
+                      "token list in `tokens`")
   parser.add_argument("--batch-size", type=int, default=8,
                       help="images per predict() call")
   args = parser.parse_args(argv[1:])
@@ -161,7 +181,7 @@ def main(argv: list[str], predictor=None, out: TextIO | None = None,
       print(f"error: {e}", file=err)
       return 2
 
-  runner = _Runner(predictor, args.beam, args.json, out, err)
+  runner = _Runner(predictor, args.beam, args.json, out, err, args.format)
   batch: list[tuple[str, np.ndarray | str]] = []
   for path, error in _expand(args.images):
     if error is None:

@@ -36,6 +36,7 @@ from im2latex_jax.infer import inference
 from im2latex_jax.infer import preprocess
 from im2latex_jax.data import buckets as buckets_lib
 from im2latex_jax.data import vocab as vocab_lib
+from im2latex_jax.latex import idiomatic as idiomatic_lib
 
 # A workdir layout (config.json, vocab.txt, checkpoints/) shipped in the wheel.
 SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "model")
@@ -90,7 +91,7 @@ class Prediction:
   """The model's reading of one image.
 
   Attributes:
-    latex: the tokens joined by single spaces.
+    latex: the tokens joined by single spaces (the form metrics score).
     tokens: predicted tokens, without BOS/EOS.
     token_probs: probability of each token when it was chosen, in [0, 1].
     attention: float32 [T, H, W], token t's attention over the preprocessed
@@ -118,6 +119,11 @@ class Prediction:
   scale: float | None = None
   looped: bool = False
   readings: list[dict] | None = None
+
+  @property
+  def idiomatic(self) -> str:
+    """The LaTeX a person pastes (`\\tanh^{2}`, not `\\operatorname { t a n h } ^ { 2 }`)."""
+    return idiomatic_lib.to_idiomatic(self.tokens)
 
 
 def plan_batches(n: int, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> list[tuple[int, int]]:

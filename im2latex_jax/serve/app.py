@@ -375,7 +375,7 @@ def attention_json(attention: np.ndarray | None,
 def prediction_json(pred) -> dict[str, Any]:
   """The JSON fields of one Prediction that the page and API clients read."""
   return {
-      "latex": pred.latex,
+      "latex": pred.idiomatic,
       "tokens": list(pred.tokens),
       "token_probs": [round(float(p), 4) for p in pred.token_probs],
       "logprob": round(float(pred.logprob), 4),
