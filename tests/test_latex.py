@@ -180,8 +180,8 @@ def test_harvest_cli_writes_a_dataset_that_trains(tmp_path, tfds_dir):
   val = layout.read_split_list(str(out / layout.split_file("validation")), len(formulas))
   assert len(train) + len(val) == 46 and len(val) > 8
   assert {i for _, i in train}.isdisjoint(i for _, i in val)
-  assert (out / "licenses" / "LICENSE").exists() or any(
-      "LICENSE" in p.name for p in (out / "licenses").iterdir())
+  assert (out / "licenses" / "LICENSE").read_text().startswith("Test fixture")
+  assert "licenses/LICENSE" in (out / "README.md").read_text()
   env = dict(os.environ, TFDS_DATA_DIR=str(tfds_dir))
   env.pop("XLA_FLAGS", None)
   rc, stdout, err = _cli(
@@ -274,3 +274,20 @@ def test_normalizer_and_idiomatic_writer_stand_alone():
   graph = import_graph()
   assert graph["im2latex_jax.latex.idiomatic"] == set()
   assert graph["im2latex_jax.latex.normalize"] == set()
+
+
+@node
+@tex
+def test_harvest_drops_formulas_with_undefined_commands():
+  files = {"p/a.tex": "$\\Subst{x}$ $\\alpha + \\lVert x \\rVert$ $\\tuple{a}{b}$"}
+  h = harvest_lib.harvest(files, check_commands=True)
+  assert h.formulas == ["\\alpha + \\lVert x \\rVert"]
+  assert h.dropped["undefined command"] == 2
+  assert h.undefined == {"Subst": 1, "tuple": 1}
+
+
+def test_operator_forms_the_parser_reads():
+  assert harvest_lib.operator_forms(
+      "\\mathop{\\mathrm{colim}}\\nolimits B_i") == "\\operatorname{colim} B_i"
+  assert harvest_lib.operator_forms("\\mathop{\\rm lim}\\limits_n") == "\\mathop{\\rm lim}_n"
+  assert harvest_lib.operator_forms("a\\xspace b \\xspaces") == "a b \\xspaces"

@@ -238,6 +238,43 @@ def _document(items: Sequence[tuple[int, str]], opts: _Options) -> str:
   return ''.join(parts)
 
 
+def undefined_commands(names: Sequence[str], *, template: str = 'dataset',
+                       font_package: str | None = None,
+                       timeout_s: float = 60) -> set[str]:
+  """The control words (without backslash) that the template leaves undefined.
+
+  One pdflatex run over the template's preamble (and `_BODY_HEAD`'s own
+  macros) asks `\\ifdefined` of every name, so a caller can drop formulas
+  that cannot render before rendering them: an undefined command costs a
+  whole retry of its chunk in `render_formulas`.
+  """
+  check_tex()
+  names = sorted({n for n in names if re.fullmatch(r'[A-Za-z]+', n)})
+  if not names:
+    return set()
+  opts = _Options(dpi=72, font_size_pt=10, font_package=font_package,
+                  template=template, timeout_s=timeout_s)
+  head = _document([], opts).replace('\\csname @@end\\endcsname\n', '')
+  body = ''.join(f'\\ifdefined\\{n}\\else\\message{{[[U {n}]]}}\\fi\n'
+                 for n in names)
+  with tempfile.TemporaryDirectory() as d:
+    with open(os.path.join(d, 'u.tex'), 'w', encoding='utf-8') as f:
+      f.write(head + body + '\\csname @@end\\endcsname\n')
+    subprocess.run(['pdflatex', '-no-shell-escape', '-interaction=nonstopmode',
+                    'u.tex'], cwd=d, env=_tex_env(), stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                   timeout=timeout_s, check=False)
+    log_path = os.path.join(d, 'u.log')
+    log = ''
+    if os.path.exists(log_path):
+      with open(log_path, encoding='latin-1') as f:
+        log = f.read()
+  if '[[U' not in log and not re.search(r'^Output written|^No pages of output', log, re.M):
+    raise RuntimeError('pdflatex could not check the command names (no log '
+                       'of a finished run)')
+  return set(re.findall(r'\[\[U ([A-Za-z]+)\]\]', log))
+
+
 def _parse_log(log: str) -> tuple[dict[int, int], dict[int, str]]:
   """Returns ({index: page} of clean formulas, {index: error} of erring ones)."""
   pages, errors = {}, {}

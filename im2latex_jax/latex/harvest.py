@@ -24,6 +24,9 @@ argument's default), `\\def` with undelimited `#1..#9` parameters, and
 source (one book, one paper), from its .tex/.sty/.cls files in path order, a
 later definition replacing an earlier one as LaTeX's \\renewcommand does.
 
+Operators written `\\mathop{\\mathrm{..}}\\nolimits` become `\\operatorname{..}`
+(the same thing, which the dataset's parser reads; `operator_forms`).
+
 Multi-line displays keep their lines, in one token form (docs/LATEX.md):
   align, eqnarray, flalign, alignat, split, aligned ->
       `\\begin{aligned} { a } & { { } = b } \\\\ ... \\end{aligned}`
@@ -33,8 +36,9 @@ Multi-line displays keep their lines, in one token form (docs/LATEX.md):
 of one line drops its alignment points and is a one-line formula.
 
 Then each formula is normalized (`latex.normalize`), deduplicated on its
-tokens, kept within the token-length limits, and kept only if pdflatex renders
-its token form (the image shows exactly the gold).
+tokens, kept within the token-length limits, dropped if it uses a command
+LaTeX does not define (one pdflatex run asks for all names), and kept only if
+pdflatex renders its token form (the image shows exactly the gold).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from im2latex_jax.latex import normalize as normalize_lib
 SOURCE_EXTS = ('.tex',)
 MACRO_EXTS = ('.tex', '.sty', '.cls', '.def')
 LICENSE_NAMES = re.compile(r'^(licen[cs]e|copying|copyright)(\.[a-z]+)?$', re.I)
+# A source without a licence file often states it in its README.
+README_NAMES = re.compile(r'^readme(\.[a-z]+)?$', re.I)
 
 ALIGN_ENVS = ('align', 'eqnarray', 'flalign', 'alignat', 'split', 'aligned',
               'alignedat', 'xalignat')
@@ -93,7 +99,8 @@ def read_sources(src: str) -> dict[str, str]:
   if os.path.isdir(src):
     for root, _, names in os.walk(src):
       for name in names:
-        if name.endswith(MACRO_EXTS) or LICENSE_NAMES.match(name):
+        if (name.endswith(MACRO_EXTS) or LICENSE_NAMES.match(name) or
+            README_NAMES.match(name)):
           path = os.path.join(root, name)
           with open(path, encoding='utf-8', errors='replace') as f:
             files[os.path.relpath(path, src)] = f.read()
@@ -102,7 +109,8 @@ def read_sources(src: str) -> dict[str, str]:
       for member in tar:
         name = os.path.basename(member.name)
         if member.isfile() and (name.endswith(MACRO_EXTS) or
-                                LICENSE_NAMES.match(name)):
+                                LICENSE_NAMES.match(name) or
+                                README_NAMES.match(name)):
           data = tar.extractfile(member).read()
           files[os.path.normpath(member.name)] = data.decode('utf-8', 'replace')
   elif os.path.isfile(src) and src.endswith(SOURCE_EXTS):
@@ -359,6 +367,25 @@ def _as_block(env: str, body: str) -> str:
   return '\\begin{aligned} ' + joined + ' \\end{aligned}'
 
 
+_MATHOP_NOLIMITS = re.compile(
+    r'\\mathop\s*\{\s*\\(?:mathrm|rm|operatorname)\s*\{([A-Za-z \-]+)\}\s*\}\s*\\nolimits')
+_MATHOP_LIMITS = re.compile(r'(\\mathop\s*\{(?:[^{}]|\{[^{}]*\})*\})\s*\\limits')
+_XSPACE = re.compile(r'\\xspace(?![A-Za-z])')
+
+
+def operator_forms(latex: str) -> str:
+  """Operator spellings the dataset's parser rejects, in ones it reads.
+
+  `\\mathop{\\mathrm{colim}}\\nolimits` (how the Stacks Project writes its
+  operators) is `\\operatorname{colim}`; `\\mathop{..}\\limits` is `\\mathop{..}`
+  in display; `\\xspace` (a text-mode spacing macro) is nothing in math.
+  The parser refuses `\\limits`/`\\nolimits` after a `\\mathop` group.
+  """
+  latex = _MATHOP_NOLIMITS.sub(r'\\operatorname{\1}', latex)
+  latex = _MATHOP_LIMITS.sub(r'\1', latex)
+  return _XSPACE.sub('', latex)
+
+
 def display_body(env: str, body: str) -> str:
   """The math of one display, multi-line environments in their token form."""
   body = _DROP.sub(' ', body)
@@ -382,6 +409,8 @@ class Harvest:
   dropped: collections.Counter     # reason -> count
   sources: list[str]               # the top-level folder of each formula
   failures: list[tuple[str, str]]  # (reason, formula) samples
+  undefined: collections.Counter = dataclasses.field(
+      default_factory=collections.Counter)  # undefined command -> formulas
 
 
 def _reason(error: str) -> str:
@@ -399,8 +428,14 @@ def is_multiline(tokens: str) -> bool:
 
 
 def harvest(files: dict[str, str], *, min_tokens: int = 1,
-            max_tokens: int = 150) -> Harvest:
-  """Finds, expands, normalizes, deduplicates and length-filters formulas."""
+            max_tokens: int = 150, check_commands: bool = False) -> Harvest:
+  """Finds, expands, normalizes, deduplicates and length-filters formulas.
+
+  With check_commands, formulas using a command that LaTeX (with the
+  dataset's packages) does not define are dropped too (one pdflatex run
+  asks; an undefined command is mostly a macro the document defined in a way
+  this harvester does not expand).
+  """
   groups = collections.defaultdict(dict)
   for path, text in files.items():
     groups[group_of(path)][path] = text
@@ -426,7 +461,7 @@ def harvest(files: dict[str, str], *, min_tokens: int = 1,
           dropped['has \\intertext (text between lines)'] += 1
           continue
         try:
-          expanded.append((f, expand_macros(f.latex, macros)))
+          expanded.append((f, operator_forms(expand_macros(f.latex, macros))))
         except ValueError as e:
           dropped['macro expansion failed: ' + _reason(str(e))] += 1
           failures.append((str(e), f.latex))
@@ -450,33 +485,83 @@ def harvest(files: dict[str, str], *, min_tokens: int = 1,
       kept.append(res.tokens)
       displays.append(f.display)
       sources.append(f.source or '.')
-  return Harvest(kept, displays, len(found), dropped, sources, failures)
+  undefined = collections.Counter()
+  if check_commands and kept:
+    from im2latex_jax.datagen import render  # pylint: disable=g-import-not-at-top
+    names = [set(_CONTROL_WORD.findall(f)) for f in kept]
+    unknown = render.undefined_commands(set().union(*names))
+    keep = [not (n & unknown) for n in names]
+    for ok, n in zip(keep, names):
+      if not ok:
+        dropped['undefined command'] += 1
+        undefined.update(n & unknown)
+    kept, displays, sources = ([x for x, ok in zip(seq, keep) if ok]
+                               for seq in (kept, displays, sources))
+  return Harvest(kept, displays, len(found), dropped, sources, failures,
+                 undefined)
+
+
+def _licence_files(files: dict[str, str]) -> dict[str, str]:
+  """The licence files at the top of each source folder; a folder without
+  one gives its README (where a licence is often stated) instead."""
+  top = {p: t for p, t in files.items() if p.count(os.sep) <= 1}
+  out = {p: t for p, t in top.items() if LICENSE_NAMES.match(os.path.basename(p))}
+  covered = {group_of(p) for p in out}
+  for p, t in top.items():
+    if README_NAMES.match(os.path.basename(p)) and group_of(p) not in covered:
+      out[p] = t
+  return dict(sorted(out.items()))
 
 
 def _write_readme(out: str, src: str, files: dict[str, str],
                   report: dict) -> None:
   lic_dir = os.path.join(out, 'licenses')
   licences = []
-  for path, text in files.items():
-    if LICENSE_NAMES.match(os.path.basename(path)) and path.count(os.sep) <= 1:
-      dest = os.path.join(lic_dir, path.replace(os.sep, '__'))
-      os.makedirs(lic_dir, exist_ok=True)
-      with open(dest, 'w', encoding='utf-8') as f:
-        f.write(text)
-      licences.append(os.path.relpath(dest, out))
+  for path, text in _licence_files(files).items():
+    dest = os.path.join(lic_dir, path.replace(os.sep, '__'))
+    os.makedirs(lic_dir, exist_ok=True)
+    with open(dest, 'w', encoding='utf-8') as f:
+      f.write(text)
+    licences.append(os.path.relpath(dest, out))
   lines = [
       '# Formulas harvested from LaTeX sources', '',
       f'Made by `im2latex-jax harvest --src {os.path.basename(src)}` '
       '(im2latex_jax/latex/harvest.py). The formulas are the sources\' own '
       'math, normalized into im2latex-100k\'s token form; the images are '
       'pdflatex renders of those tokens. They keep the licences of the '
-      'sources they came from:', '']
+      'sources they came from (a README is copied where a folder has no '
+      'licence file):', '']
   lines += [f'- `{p}`' for p in licences] or ['- (no licence file was found '
                                               'in the source: check before '
                                               'redistributing)']
   lines += ['', '## Counts', '', '```', json.dumps(report, indent=1), '```', '']
   with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines))
+
+
+RENDER_CHUNK = 5000
+
+
+def _render_chunks(formulas: list[str], workers: int, chunk: int = RENDER_CHUNK):
+  """Yields [(RenderResult with its index in `formulas`, processed image or
+  None)] per chunk of formulas, with a progress line after each."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.data import processing  # pylint: disable=g-import-not-at-top
+  from im2latex_jax.datagen import render  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  for lo in range(0, len(formulas), chunk):
+    results = render.render_formulas(formulas[lo:lo + chunk], workers=workers)
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+      images = list(pool.map(
+          lambda r: None if r.image is None else processing.process_im2markup(r.image),
+          results))
+    yield [(dataclasses.replace(r, index=r.index + lo, image=None), im)
+           for r, im in zip(results, images)]
+    done = min(lo + chunk, len(formulas))
+    rate = done / max(time.time() - start, 1e-9)
+    eta = (len(formulas) - done) / max(rate, 1e-9)
+    print(f'rendered {done}/{len(formulas)} formulas, {rate:.0f}/s, '
+          f'ETA {int(eta // 60)}:{int(eta % 60):02d}', flush=True)
 
 
 def validation_share(tokens: str) -> float:
@@ -519,37 +604,55 @@ def main(argv: list[str]) -> int:
     return 2
   n_tex = sum(p.endswith(SOURCE_EXTS) for p in files)
   start = time.time()
-  h = harvest(files, min_tokens=args.min_tokens, max_tokens=args.max_tokens)
+  h = harvest(files, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+              check_commands=not args.no_render)
   if args.limit is not None:
     del h.formulas[args.limit:], h.displays[args.limit:], h.sources[args.limit:]
   print(f'found {h.found} formulas in {n_tex} .tex files; {len(h.formulas)} '
         f'unique after normalizing ({time.time() - start:.1f} s)'
         + ('' if args.no_render else '; rendering them'), flush=True)
   os.makedirs(args.out, exist_ok=True)
-  render_failed = collections.Counter()
+  # Line i of the formula file is unique formula i; the split lists name only
+  # those that rendered (the others are in render_failures.tsv).
+  is_val = [validation_share(f) < args.validation_fraction for f in h.formulas]
+  render_failed, failures, kept = collections.Counter(), [], []
   if args.no_render:
-    kept, images = list(range(len(h.formulas))), []
+    kept = list(range(len(h.formulas)))
+    with open(os.path.join(args.out, layout.FORMULAS_FILE), 'w', encoding='utf-8') as f:
+      f.writelines(x + '\n' for x in h.formulas)
   else:
-    import concurrent.futures  # pylint: disable=g-import-not-at-top
-    from im2latex_jax.data import processing  # pylint: disable=g-import-not-at-top
-    results = render.render_formulas(h.formulas, workers=args.workers)
-    for r in results:
-      if r.image is None:
-        render_failed[_reason(' '.join(str(r.error).split()))] += 1
-    ok = [r for r in results if r.image is not None]
-    kept = [r.index for r in ok]
-    with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
-      images = list(pool.map(lambda r: processing.process_im2markup(r.image), ok))
-  # Line k of the formula file is kept formula k.
+    validation = []
+
+    def train_images():
+      """Renders chunk by chunk (bounded memory, a progress line each),
+      yielding train images and keeping the validation ones aside."""
+      for results in _render_chunks(h.formulas, args.workers):
+        for r, image in results:
+          if image is None:
+            render_failed[_reason(' '.join(str(r.error).split()))] += 1
+            failures.append((r.index, r.error))
+            continue
+          kept.append(r.index)
+          item = (r.index, f'{"val" if is_val[r.index] else "train"}_'
+                  f'{r.index:06d}.png', image)
+          if is_val[r.index]:
+            validation.append(item)
+          else:
+            yield item
+
+    layout.write_dataset(args.out, h.formulas, 'train', train_images())
+    layout.write_dataset(args.out, h.formulas, 'validation', validation,
+                         failures=failures)
   formulas = [h.formulas[i] for i in kept]
-  is_val = [validation_share(f) < args.validation_fraction for f in formulas]
   multi = sum(is_multiline(f) for f in formulas)
+  n_val = sum(is_val[i] for i in kept)
   report = {
       'source': os.path.basename(os.path.normpath(args.src)),
       'tex_files': n_tex,
       'found': h.found,
       'dropped_total': sum(h.dropped.values()),
       'dropped': dict(h.dropped.most_common(30)),
+      'undefined_commands': dict(h.undefined.most_common(30)),
       'render_failed': sum(render_failed.values()),
       'render_failed_by_error': dict(render_failed.most_common(20)),
       'kept': len(formulas),
@@ -557,25 +660,20 @@ def main(argv: list[str]) -> int:
       'kept_multi_line': multi,
       'kept_display': sum(h.displays[i] for i in kept),
       'kept_by_source': dict(collections.Counter(h.sources[i] for i in kept)),
-      'train': len(formulas) - sum(is_val), 'validation': sum(is_val),
+      'train': len(formulas) - n_val, 'validation': n_val,
       'min_tokens': args.min_tokens, 'max_tokens': args.max_tokens,
       'seconds': round(time.time() - start, 1),
       'workers': args.workers,
   }
-  if args.no_render:
-    with open(os.path.join(args.out, layout.FORMULAS_FILE), 'w', encoding='utf-8') as f:
-      f.writelines(x + '\n' for x in formulas)
-  else:
-    for split, want in (('train', False), ('validation', True)):
-      layout.write_dataset(
-          args.out, formulas, split,
-          ((k, f'{split}_{k:06d}.png', im) for k, im in enumerate(images)
-           if is_val[k] == want))
   with open(os.path.join(args.out, 'harvest_report.json'), 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(args.out, 'normalize_failures.tsv'), 'w', encoding='utf-8') as f:
     for reason, latex in h.failures:
       f.write(f'{" ".join(reason.split())}\t{latex}\n')
   _write_readme(args.out, args.src, files, report)
-  print(json.dumps(report, indent=1))
+  print(f'kept {report["kept"]} formulas ({multi} multi-line; train '
+        f'{report["train"]}, validation {n_val}) of {h.found} found; dropped '
+        f'{report["dropped_total"]} before rendering, {report["render_failed"]} '
+        f'did not render; {report["seconds"]:.0f} s -> {args.out} '
+        '(harvest_report.json has the reasons)')
   return 0
