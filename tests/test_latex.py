@@ -291,3 +291,18 @@ def test_operator_forms_the_parser_reads():
       "\\mathop{\\mathrm{colim}}\\nolimits B_i") == "\\operatorname{colim} B_i"
   assert harvest_lib.operator_forms("\\mathop{\\rm lim}\\limits_n") == "\\mathop{\\rm lim}_n"
   assert harvest_lib.operator_forms("a\\xspace b \\xspaces") == "a b \\xspaces"
+
+
+@tex
+def test_idiomatic_keeps_the_braces_that_matter_in_arrays():
+  """Cases found by the 11,475-formula run: a cell after \\\\ opening with [,
+  cells of amsmath dots or \\hfill, and the row break after an \\hline."""
+  tokens = [
+      "\\begin{array} { l } { a } \\\\ { [ b ] = c } \\\\ \\end{array}",
+      "\\begin{matrix} { \\cdots \\cdots } & { \\cdot } \\\\ \\end{matrix}",
+      "\\begin{array} { c } { a = b , \\hfill } \\\\ { c = d . \\hfill } \\\\ \\end{array}",
+      "\\begin{array} { | c | } \\hline { p } \\\\ \\hline { } \\\\ \\end{array}",
+  ]
+  ideal = [idiomatic.to_idiomatic(t) for t in tokens]
+  assert ideal[0] == "\\begin{array}{l} a \\\\ {[b]=c} \\end{array}"
+  assert render_check.compare_renders(tokens, ideal) == [render_check.IDENTICAL] * 4

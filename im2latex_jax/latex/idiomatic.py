@@ -59,7 +59,13 @@ SPACED_OPERATORS = frozenset(('liminf', 'limsup'))
 # `\textrm{and}` sets "and", as the source and its image had it. The
 # renders differ by design (benchmarks/idiomatic_renders.py lists them).
 TEXT_MODE = frozenset(('\\text', '\\textrm', '\\textup', '\\textit', '\\textbf',
-                       '\\textsf', '\\texttt', '\\textnormal', '\\mbox', '\\hbox'))
+                       '\\textsf', '\\texttt', '\\textnormal', '\\mbox', '\\hbox',
+                       '\\makebox', '\\fbox', '\\framebox', '\\raisebox', '\\rlap',
+                       '\\llap'))
+# Cells that keep their braces: glue and vertical space act on the group, and
+# amsmath's dots space themselves by the token that follows (`}` or `&`).
+_CONFINED = ('\\vspace', '\\hfill', '\\hfil', '\\cdots', '\\ldots', '\\dots',
+             '\\vdots', '\\ddots')
 
 _CONTROL_WORD = re.compile(r'\\[A-Za-z]+\*?$')
 _STARTS_LETTER = re.compile(r'[A-Za-z]')
@@ -122,7 +128,9 @@ def _simplify(nodes: list[Node]) -> list[Node]:
       while len(group) == 1 and isinstance(group[0], list):
         group = group[0]  # {{X}} -> {X}
       prev = out[-1] if out else None
-      if _is_cell(out, nxt) and '\\vspace' not in group:
+      # (After `\\\\` a cell opening with `[` would read as `\\\\[2pt]`.)
+      if (_is_cell(out, nxt) and not any(c in group for c in _CONFINED)
+          and not (group and group[0] == '[' and prev == '\\\\')):
         out.extend(group)  # a whole array cell: its own math list already
         i += 1
         continue
@@ -135,9 +143,10 @@ def _simplify(nodes: list[Node]) -> list[Node]:
         out.append(group)
       i += 1
       continue
-    if node == '\\\\' and isinstance(nxt, str) and _ENV_END.match(nxt):
+    if (node == '\\\\' and isinstance(nxt, str) and _ENV_END.match(nxt)
+        and out and out[-1] not in ('\\\\', '\\hline', '&')):
       i += 1  # the last row's break: the environment ends the row anyway
-      continue
+      continue  # (kept after an empty row, which it would otherwise remove)
     out.append(node)
     i += 1
   return out
