@@ -28,6 +28,7 @@ import argparse
 import collections
 import json
 import os
+import platform
 import random
 import re
 import subprocess
@@ -102,7 +103,16 @@ def main(argv: list[str]) -> int:
       sets[os.path.basename(path)] = f.read().split('\n')[:-1]
   if args.books_n and os.path.exists(args.books):
     sets['books'] = book_formulas(args.books, args.books_n)
-  report = {'sets': {}, 'disagreements': []}
+  def git(*a, cwd=None):
+    return subprocess.run(['git', *a], capture_output=True, text=True, check=False,
+                          cwd=cwd or Path(__file__).resolve().parents[1]).stdout.strip()
+  report = {'command': ' '.join(['python', 'benchmarks/normalizer_agreement.py'] + argv[1:]),
+            'commit': git('rev-parse', '--short', 'HEAD'),
+            'reference': ('im2markup ' + (git('rev-parse', '--short', 'HEAD', cwd=args.im2markup)
+                                          or '(checkout, commit unknown)'))
+                         if args.im2markup else args.expected,
+            'machine': platform.processor() or platform.machine(),
+            'sets': {}, 'disagreements': []}
   expected_all = None
   if args.expected:
     with open(args.expected, encoding='utf-8') as f:
