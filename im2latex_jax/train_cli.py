@@ -6,14 +6,14 @@
 
 `train(config, workdir)` is the same for Python callers (notebooks).
 
-The console shows this project's lines (config, data keys, progress with loss
-and ETA, evaluations) and every library's warnings and errors; the libraries'
-INFO lines (TFDS, Orbax, JAX) only with --verbose.
+The console shows this project's lines, plain (a config summary, data keys,
+progress with loss and ETA, evaluations) and every library's warnings and
+errors; the libraries' INFO lines, TFDS's progress bars and TensorFlow's
+start-up banners only with --verbose (`console`).
 """
 
 from __future__ import annotations
 
-import logging as py_logging
 import os
 import sys
 
@@ -21,6 +21,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from im2latex_jax import console
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,25 +34,6 @@ _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Also show the libraries' INFO lines (TFDS, Orbax, JAX).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-class ProjectInfoFilter(py_logging.Filter):
-  """Passes warnings and errors, and INFO/DEBUG only from this package."""
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    return (record.levelno >= py_logging.WARNING
-            or os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
-
-
-def quiet_library_info() -> None:
-  """Installs ProjectInfoFilter on absl's handler (which every library's
-  Python logging reaches through the root logger)."""
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, ProjectInfoFilter) for f in handler.filters):
-    handler.addFilter(ProjectInfoFilter())
-
-
 def train(config, workdir: str) -> dict:
   """Runs train.train_and_evaluate (for notebooks and scripts)."""
   from im2latex_jax import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -59,16 +42,25 @@ def train(config, workdir: str) -> dict:
 
 def _main(argv):
   del argv
-  if not _VERBOSE.value:
-    quiet_library_info()
+  console.setup(_VERBOSE.value)
   from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
   return _train_or_error(_CONFIG.value, _WORKDIR.value)
 
 
+def config_summary(config, workdir: str) -> str:
+  """One line on what is about to train; the whole config is in the workdir."""
+  data = config.input.get("manual_dir") or config.input.get("data_dir") or "fake data"
+  return (f"training {config.model.name} on {data} ({config.input.train_split}; "
+          f"evaluating on {config.input.eval_split}), batch "
+          f"{config.input.batch_size}, {config.num_train_steps} steps, optimizer "
+          f"{config.optim.name} lr {config.optim.lr:g}; "
+          f"full config: {os.path.join(workdir, 'config.json')}")
+
+
 def _train_or_error(config, workdir: str) -> int:
   """Trains; 0, or 1 with one `error:` line for an expected user error."""
-  logging.info("Config:\n%s", config)
+  logging.info("%s", config_summary(config, workdir))
   try:
     train(config, workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
@@ -131,8 +123,7 @@ def shards_main(argv: list[str]) -> int:
   if missing:
     sys.stderr.write(f"error: {' and '.join(missing)} required.\n" + SHARDS_USAGE)
     return 2
-  if not fv.verbose:
-    quiet_library_info()
+  console.setup(fv.verbose)
   logging.set_verbosity(logging.INFO)
   config = fv.config
   if cmd == "train":

@@ -136,15 +136,25 @@ LIBRARY_INFO = re.compile(r"^I\S+ \S+ \d+ (checkpoint_manager|async_checkpointer
                           r"dataset_info|reader|logging_logger)\.py", re.M)
 
 
-def test_console_shows_progress_not_library_info(tfds_dir, tmp_path):
-  """Progress lines with loss and ETA; no TFDS/Orbax INFO (with --verbose
-  they show: test_sigterm_saves_and_rerun_resumes)."""
-  cmd, env = _cli(str(tmp_path / "w"), 2, tfds_dir, every=2)
+def test_console_shows_progress_not_library_info(tmp_path):
+  """A first run (the dataset is built): a config summary, progress lines
+  with loss and ETA, plain (no absl `I1208 12:00:00.0 123 file.py:1]`
+  prefixes), no config dump, no TFDS bars or prints, no TensorFlow banners,
+  no library INFO (with --verbose they show: test_sigterm_saves_and_rerun_resumes)."""
+  cmd, env = _cli(str(tmp_path / "w"), 2, tmp_path / "tfds", every=2)
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert re.search(r"\[2/2\] loss [0-9.]+ .* ETA 0:00:00", out.stderr), out.stderr[-3000:]
+  text = out.stdout + out.stderr
+  assert re.search(r"^\[2/2\] loss [0-9.]+ .* ETA 0:00:00$", out.stderr, re.M), text[-3000:]
+  assert re.search(r"^training im2markup on embedded .* full config: .*config.json$",
+                   out.stderr, re.M), text[-3000:]
   assert "eval loss" in out.stderr
   assert not LIBRARY_INFO.search(out.stderr), LIBRARY_INFO.search(out.stderr).group(0)
+  assert not re.search(r"^[IWEF]\d{4} ", text, re.M), text[-3000:]
+  for noise in ("Config:", "Generating splits", "Downloading and preparing",
+                "Shuffling", "absl::InitializeLog", "oneDNN"):
+    assert noise not in text, noise
+  assert len(text.replace("\r", "\n").splitlines()) <= 20, text
 
 
 def test_missing_data_dir_is_a_clear_cli_error(tfds_dir, tmp_path):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from typing import Any, Iterator
 
 from absl import logging
@@ -37,6 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from im2latex_jax import console
 from im2latex_jax.data import core
 from im2latex_jax.data import layout
 from im2latex_jax.data import shards
@@ -79,17 +81,27 @@ def _data_dir(cfg: ml_collections.ConfigDict, manual: str | None) -> str:
 
 def get_builder(cfg: ml_collections.ConfigDict):
   """Builds (once) and returns the TFDS builder for `cfg.manual_dir`."""
-  _tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from im2latex_jax.data import im2latex100k  # pylint: disable=g-import-not-at-top,unused-import
+  with console.quiet():  # TensorFlow's C++ start-up lines
+    _tf()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from im2latex_jax.data import im2latex100k  # pylint: disable=g-import-not-at-top,unused-import
+  if not console.is_verbose():
+    tfds.disable_progress_bar()
 
   manual = resolve_manual_dir(cfg.get("manual_dir"))
   if manual is not None:
     im2latex100k.check_data_dir(manual)
   builder = tfds.builder("im2latex100k", data_dir=_data_dir(cfg, manual))
   if jax.process_index() == 0 or not builder.is_prepared():
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    if not builder.is_prepared():
+      logging.info("Preparing the dataset from %s once (TFDS, cached in %s)...",
+                   manual or "the official download", builder.data_dir)
+    start = time.time()
+    with console.quiet():  # TFDS's own prints
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    if time.time() - start > 1:
+      logging.info("Dataset ready (%.0f s).", time.time() - start)
   return builder
 
 
