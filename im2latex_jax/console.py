@@ -29,6 +29,10 @@ HARMLESS_WARNINGS = (
     "Dataset is an ordered dataset",
     # TFDS, about its own cache folder while it builds it the first time.
     "has no dataset_info.json",
+    # Orbax, opening a workdir's checkpoints to read them (evaluate, predict).
+    "read_only=True, setting save_interval_steps=0",
+    "Given directory is read only",
+    "Metadata file does not exist",
 )
 
 _verbose = True
@@ -69,11 +73,13 @@ def setup(verbose: bool) -> None:
   if verbose:
     return
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  handler = absl_logging.get_absl_handler()
-  # absl's handler reaches every library's Python logging (root logger).
-  handler.setFormatter(PlainFormatter())
-  if not any(isinstance(f, ProjectInfoFilter) for f in handler.filters):
-    handler.addFilter(ProjectInfoFilter())
+  # absl's handler on the root logger reaches every library's Python logging
+  # (and makes a library's later logging.basicConfig() a no-op).
+  absl_logging.use_absl_handler()
+  for handler in {absl_logging.get_absl_handler(), *logging.getLogger().handlers}:
+    handler.setFormatter(PlainFormatter())
+    if not any(isinstance(f, ProjectInfoFilter) for f in handler.filters):
+      handler.addFilter(ProjectInfoFilter())
   absl_logging.set_verbosity(absl_logging.INFO)
 
 
@@ -103,3 +109,35 @@ def quiet() -> Iterator[None]:
     raise
   finally:
     os.close(saved)
+
+
+class Progress:
+  """Progress lines for long work: `rendered 400/1000 formulas, 95/s, ETA 0:06`.
+
+  `update(done)` prints at most one line every `every_s` seconds, and always
+  the last (done == total). Without a total there is no ETA.
+  """
+
+  def __init__(self, total: int | None, noun: str, verb: str = "done", *,
+                every_s: float = 10.0, stream=None):
+    import time  # pylint: disable=g-import-not-at-top
+    self._clock = time.monotonic
+    self.total, self.noun, self.verb, self.every_s = total, noun, verb, every_s
+    self.stream = stream
+    self.start = self._last = self._clock()
+
+  def line(self, done: int) -> str:
+    elapsed = max(self._clock() - self.start, 1e-9)
+    rate = done / elapsed
+    of = f"/{self.total}" if self.total is not None else ""
+    text = f"{self.verb} {done}{of} {self.noun}, {rate:.1f}/s"
+    if self.total is not None and rate > 0:
+      eta = int(round(max(self.total - done, 0) / rate))
+      text += f", ETA {eta // 60}:{eta % 60:02d}"
+    return text
+
+  def update(self, done: int) -> None:
+    now = self._clock()
+    if now - self._last >= self.every_s or (self.total is not None and done >= self.total):
+      self._last = now
+      print(self.line(done), file=self.stream or sys.stderr, flush=True)

@@ -31,11 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from im2latex_jax import console
 from im2latex_jax.data import layout
 from im2latex_jax.data import processing
 
@@ -400,7 +401,9 @@ def render_formulas(formulas: Sequence[str], *, dpi: int = 200,
                     font_size_pt: int = 10, font_package: str | None = None,
                     template: str = 'dataset', workers: int = 2,
                     chunk_size: int = 200, timeout_s: float = 60,
-                    style: str = 'display') -> list[RenderResult]:
+                    style: str = 'display',
+                    progress: Callable[[int], None] | None = None
+                    ) -> list[RenderResult]:
   """Renders formulas with pdflatex, one page per formula, cropped to ink.
 
   Args:
@@ -417,6 +420,7 @@ def render_formulas(formulas: Sequence[str], *, dpi: int = 200,
     chunk_size: formulas per TeX document.
     timeout_s: limit per pdflatex / pdftoppm run.
     style: 'display' or 'inline' (see STYLES).
+    progress: called with the number of formulas done after each chunk.
 
   Returns:
     One RenderResult per formula, in input order.
@@ -433,13 +437,21 @@ def render_formulas(formulas: Sequence[str], *, dpi: int = 200,
   chunk_size = max(1, min(chunk_size, -(-len(items) // max(1, workers))))
   chunks = [(items[i:i + chunk_size], opts)
             for i in range(0, len(items), chunk_size)]
+  out: list[RenderResult] = []
+
+  def collect(results):
+    for rs in results:
+      out.extend(rs)
+      if progress is not None:
+        progress(len(out))
+
   if workers <= 1 or len(chunks) <= 1:
-    out = [r for c in chunks for r in _render_chunk_entry(c)]
+    collect(_render_chunk_entry(c) for c in chunks)
   else:
     # Threads, not processes: the work is in pdflatex/pdftoppm subprocesses,
     # and forking a process that runs JAX can deadlock.
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      out = [r for rs in pool.map(_render_chunk_entry, chunks) for r in rs]
+      collect(pool.map(_render_chunk_entry, chunks))
   return sorted(out, key=lambda r: r.index)
 
 
@@ -495,7 +507,8 @@ def main(argv: list[str]) -> int:
   results = render_formulas(
       formulas, dpi=args.dpi, font_size_pt=args.font_size,
       font_package=args.font_package, workers=args.workers,
-      chunk_size=args.chunk_size, timeout_s=args.timeout)
+      chunk_size=args.chunk_size, timeout_s=args.timeout,
+      progress=console.Progress(len(formulas), 'formulas', 'rendered').update)
   ok = [r for r in results if r.image is not None]
   failures = [(r.index, r.error) for r in results if r.image is None]
   # im2markup's processing (pad, bucket, x2 downsample) in parallel threads

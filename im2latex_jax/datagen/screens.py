@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from im2latex_jax import console
 from im2latex_jax.infer import preprocess
 from im2latex_jax.data import layout
 from im2latex_jax.datagen import engines
@@ -48,6 +49,9 @@ RETINA_SHARE = 0.25
 INLINE_SHARE = 0.3
 ENGINE_IDS = {name: i for i, name in enumerate(engines.ENGINES)}
 
+
+# Formulas drawn per renderer start in the command (a progress line each).
+DRAW_CHUNK = 1000
 
 def image_rng(seed: int, engine: str, index: int) -> np.random.Generator:
   """The generator of one image: independent of which others are drawn."""
@@ -167,8 +171,14 @@ def main(argv: list[str]) -> int:
     spec = sample_spec(args.engine, rng, fonts)
     specs.append(spec)
     looks.append(presentation.sample(rng, spec['em_px']))
-  drawn = draw(args.engine, [formulas[i] for i in indices], specs, looks,
-               workers=args.workers)
+  # In chunks, for progress lines (each chunk starts its renderer once).
+  progress = console.Progress(len(indices), 'formulas', 'drawn')
+  drawn = []
+  for lo in range(0, len(indices), DRAW_CHUNK):
+    hi = lo + DRAW_CHUNK
+    drawn += draw(args.engine, [formulas[i] for i in indices[lo:hi]], specs[lo:hi],
+                  looks[lo:hi], workers=args.workers)
+    progress.update(len(drawn))
 
   def finish(item):
     (rgb, err), spec = item

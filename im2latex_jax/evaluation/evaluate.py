@@ -65,6 +65,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                       "('embedded' or a directory in the official layout)")
   parser.add_argument("--workers", type=int, default=2,
                       help="pdflatex processes for --image-metrics")
+  parser.add_argument("--verbose", action="store_true",
+                      help="also the libraries' INFO lines, TFDS's bars")
   args = parser.parse_args(argv[1:])
   for name in ("beam", "max_examples", "batch_size", "max_len", "workers"):
     value = getattr(args, name)
@@ -124,6 +126,7 @@ def read_predictions(path: str) -> dict[str, tuple[str, str, float]]:
 def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   """Runs the evaluation; returns (table row, metrics, output directory)."""
   import jax  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import console  # pylint: disable=g-import-not-at-top
   from im2latex_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   from im2latex_jax.infer import inference  # pylint: disable=g-import-not-at-top
   from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -172,8 +175,10 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   decode_fn = inference.make_decode_fn(loaded.model, beam_size=args.beam, max_len=max_len,
                                        length_penalty=length_penalty, eos_bias=eos_bias)
   timings: dict[str, float] = {}
+  progress = console.Progress(args.max_examples, "examples", "decoded")
   preds = evaluators.decode_split(decode_fn, variables, loaded.vocab, batches(True), mesh,
-                                  max_examples=args.max_examples, timings=timings)
+                                  max_examples=args.max_examples, timings=timings,
+                                  progress=progress.update)
   if not preds:
     raise UsageError(f"Split {split!r} has no example that fits the buckets "
                      f"{config.input.buckets} / token buckets {config.input.token_buckets}.")
@@ -222,6 +227,8 @@ def main(argv: list[str]) -> int:
   """Runs `im2latex-jax evaluate`; 0 on success, 2 on a user error."""
   try:
     args = _parse_args(argv)
+    from im2latex_jax import console  # pylint: disable=g-import-not-at-top
+    console.setup(args.verbose)
   except SystemExit as e:  # argparse printed its own usage line
     return int(e.code or 0) and 2
   except UsageError as e:

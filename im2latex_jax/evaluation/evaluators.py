@@ -51,7 +51,8 @@ def _text(x) -> str:
 def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterable[core.Batch],
                  mesh: jax.sharding.Mesh | None = None, *,
                  max_examples: int | None = None,
-                 timings: dict[str, float] | None = None) -> list[DecodedExample]:
+                 timings: dict[str, float] | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[DecodedExample]:
   """Decodes every real example of `batches` (this host's part).
 
   Args:
@@ -68,6 +69,7 @@ def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterabl
     timings: if given, receives 'decode_seconds' (all batches, compilation
       included), 'first_batch_seconds' and 'first_batch_examples' (the first
       batch of each image shape, where a compilation may happen).
+    progress: called with the number of examples decoded after each batch.
 
   Returns:
     One DecodedExample per example with weight > 0, in batch order.
@@ -97,6 +99,8 @@ def decode_split(decode_fn: Callable, variables: PyTree, vocab, batches: Iterabl
     for i in np.flatnonzero(np.asarray(batch["weight"]) > 0):
       out.append(DecodedExample(_text(batch["image_name"][i]), _text(batch["formula"][i]),
                             predictions[i], float(logprobs[i])))
+    if progress is not None:
+      progress(len(out) if max_examples is None else min(len(out), max_examples))
   if max_examples is not None:
     out = out[:max_examples]
   if timings is not None:

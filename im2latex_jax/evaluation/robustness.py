@@ -40,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from im2latex_jax import console
 from im2latex_jax.evaluation import metrics
 from im2latex_jax.infer import preprocess
 from im2latex_jax.data import layout
@@ -370,7 +371,8 @@ def run(args: argparse.Namespace, predictor_factory: Callable[[], Any],
   predictor = predictor_factory()
   figs, all_refs, all_hyps = [], [], []
   os.makedirs(os.path.join(args.out, 'predictions'), exist_ok=True)
-  for cond in conds:
+  progress = console.Progress(len(conds), 'conditions', 'measured')
+  for k, cond in enumerate(conds, 1):
     d = os.path.join(args.out, 'images', cond.name)
     # Through JSON, so that it compares equal to the saved copy.
     meta = json.loads(json.dumps({
@@ -404,7 +406,7 @@ def run(args: argparse.Namespace, predictor_factory: Callable[[], Any],
           f.write(json.dumps({'index': idx, 'gold': gold, 'readings': readings or []}) + '\n')
     log(f"robustness: {cond.name}: BLEU-4 {fig['bleu4']:.1f}, refused "
         f"{fig['refused']}/{fig['images']} (draw {t_draw:.0f} s, read "
-        f"{fig['seconds']:.0f} s)")
+        f"{fig['seconds']:.0f} s); {progress.line(k)}")
   overall = metrics.text_metrics(all_refs, all_hyps) if all_refs else {
       'bleu4': 0.0, 'exact_match': 0.0, 'edit_accuracy': 0.0}
   model_id = getattr(predictor, 'model_id', None)

@@ -544,24 +544,21 @@ RENDER_CHUNK = 5000
 
 def _render_chunks(formulas: list[str], workers: int, chunk: int = RENDER_CHUNK):
   """Yields [(RenderResult with its index in `formulas`, processed image or
-  None)] per chunk of formulas, with a progress line after each."""
+  None)] per chunk of formulas (bounded memory), with progress lines."""
   import concurrent.futures  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import console  # pylint: disable=g-import-not-at-top
   from im2latex_jax.data import processing  # pylint: disable=g-import-not-at-top
   from im2latex_jax.datagen import render  # pylint: disable=g-import-not-at-top
-  start = time.time()
+  progress = console.Progress(len(formulas), 'formulas', 'rendered')
   for lo in range(0, len(formulas), chunk):
-    results = render.render_formulas(formulas[lo:lo + chunk], workers=workers)
+    results = render.render_formulas(formulas[lo:lo + chunk], workers=workers,
+                                     progress=lambda n, lo=lo: progress.update(lo + n))
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
       images = list(pool.map(
           lambda r: None if r.image is None else processing.process_im2markup(r.image),
           results))
     yield [(dataclasses.replace(r, index=r.index + lo, image=None), im)
            for r, im in zip(results, images)]
-    done = min(lo + chunk, len(formulas))
-    rate = done / max(time.time() - start, 1e-9)
-    eta = (len(formulas) - done) / max(rate, 1e-9)
-    print(f'rendered {done}/{len(formulas)} formulas, {rate:.0f}/s, '
-          f'ETA {int(eta // 60)}:{int(eta % 60):02d}', flush=True)
 
 
 def validation_share(tokens: str) -> float:
