@@ -6,12 +6,15 @@ import subprocess
 import sys
 
 from absl import flags
+import jax
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import pytest
 
 from im2latex_jax import main as cli
 from im2latex_jax import models
+from im2latex_jax.data import buckets
 
 from conftest import REPO
 
@@ -33,8 +36,16 @@ def test_config_loads_and_locks(path, arg):
     c.optim.lrr = 0.1  # locked: a typo fails loudly
   if arg == "reduced":
     assert c.input.eval_split == "validation[7475:]"
+  # The model the config names, abstractly initialized and applied to a batch
+  # of its first bucket (jax.eval_shape: shapes only, no arithmetic).
   model = models.get_model(c.model, 100)
-  assert model is not None
+  h, w = buckets.parse_buckets(c.input.buckets)[0]
+  img = jax.ShapeDtypeStruct((2, h, w, 1), jnp.uint8)
+  hw = jax.ShapeDtypeStruct((2, 2), jnp.int32)
+  tokens = jax.ShapeDtypeStruct((2, 7), jnp.int32)
+  variables = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), img, hw, tokens)
+  logits = jax.eval_shape(model.apply, variables, img, hw, tokens)
+  assert logits.shape == (2, 7, 100)
 
 
 def _train_cli(*args):

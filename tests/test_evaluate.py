@@ -8,6 +8,7 @@ metrics.py on the written predictions.
 
 import csv
 import json
+import math
 import os
 import shutil
 
@@ -90,12 +91,16 @@ def _run_cli(argv, capsys):
 
 
 # ------------------------------------------------------------ evaluator ---
-def test_training_logged_decode_metrics(workdir):
+def test_training_logged_decode_metrics(workdir, evaluator):
+  """What training logged at its last step is what the evaluator computes
+  again from the saved model: the same BLEU-4, edit accuracy, exact match
+  (metrics.text_metrics, checked by hand in test_metrics)."""
   _, final = workdir
+  ev, variables = evaluator
+  again = ev.run(variables)
   assert final["decode_examples"] == DECODE_N
-  assert 0.0 <= final["bleu4"] <= 100.0
-  assert 0.0 <= final["edit_accuracy"] <= 1.0
-  assert 0.0 <= final["exact_match"] <= 1.0
+  for key in ("bleu4", "edit_accuracy", "exact_match"):
+    assert final[key] == pytest.approx(again[key], abs=1e-9), key
 
 
 def test_evaluator_metrics_in_range_and_count(evaluator):
@@ -114,6 +119,17 @@ def test_evaluator_metrics_in_range_and_count(evaluator):
   assert m == pytest.approx({**metrics.text_metrics([p.gold for p in preds],
                                                     [p.prediction for p in preds]),
                              "decode_examples": DECODE_N, "decode_seconds": m["decode_seconds"]})
+
+
+def test_evaluator_bleu_by_hand():
+  """Gold `a b c d e f`, prediction `a b c d e`: every n-gram precision is 1
+  and the brevity penalty exp(1 - 6/5), so BLEU-4 = 100 e^-0.2 = 81.873. (With
+  gold and prediction swapped it would be 100 (1/3)^(1/4) = 75.984.)"""
+  preds = [evaluators.DecodedExample("x.png", "a b c d e f", "a b c d e", 0.0)]
+  m = evaluators.text_metrics(preds)
+  assert m["bleu4"] == pytest.approx(100 * math.exp(-0.2), abs=1e-3)
+  assert m["exact_match"] == 0.0
+  assert m["edit_accuracy"] == pytest.approx(1 - 1 / 6)
 
 
 def test_evaluator_never_recompiles(evaluator):

@@ -25,6 +25,7 @@ import pytest
 
 from conftest_serve import encode, formula_image, formula_png, running_server
 from im2latex_jax.infer import predict_cli
+from im2latex_jax.infer import preprocess
 from im2latex_jax.serve import app as app_lib
 from im2latex_jax.serve import fake
 from im2latex_jax.serve import image_io
@@ -185,11 +186,10 @@ def test_no_model():
 def test_accepted_modes(client, predictor, mode, fmt):
   resp = post_image(client, encode(formula_image(mode), fmt), f"f.{fmt.lower()}")
   assert resp.status_code == 200, resp.get_json()
-  (image,) = predictor.images
-  assert image.dtype == np.uint8 and image.ndim in (2, 3)
-  gray = image if image.ndim == 2 else image.mean(-1)
+  (crop,) = predictor.images  # what the real crop made of the decoded image
+  assert isinstance(crop, preprocess.Crop) and crop.ink.ndim == 2
   # Background white, ink dark, whatever the source mode.
-  assert np.median(gray) > 240 and gray.min() < 60
+  assert np.median(crop.ink) > 240 and crop.ink.min() < 60
 
 
 def test_alpha_composited_on_white():
@@ -312,6 +312,11 @@ def test_blank_and_tiny_images(client):
   assert_error(post_image(client, blank), 422, "blank")
   tiny = encode(Image.new("L", (2, 2), 0))
   assert_error(post_image(client, tiny), 422, "too small")
+  # 10,000 separate dots: the real crop's "not a formula" refusal.
+  dots = np.full((400, 400), 255, np.uint8)
+  dots[::4, ::4] = 0
+  assert_error(post_image(client, encode(Image.fromarray(dots))), 422,
+               "does not look like a formula")
 
 
 @pytest.mark.parametrize("beam,pattern", [

@@ -1,9 +1,11 @@
 """A deterministic stand-in for `im2latex_jax.infer.predictor.Predictor`.
 
 Used by the serving and CLI tests, and by `im2latex-jax serve --fake` to look at
-the page without a trained model. It follows the Predictor contract: it rejects
-blank and tiny images like `preprocess.normalize_image` does, crops the
-formula, and returns a fixed formula with attention that sweeps left to right.
+the page without a trained model. It follows the Predictor contract through
+the real preprocessing: `prepare` is `preprocess.crop_formula` (so blank,
+tiny and not-a-formula images are refused as the real Predictor refuses
+them), and every readable image gets a fixed formula with attention that
+sweeps left to right.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 
 import numpy as np
 
+from im2latex_jax.infer import preprocess
 from im2latex_jax.infer.predictor import Prediction
 from im2latex_jax.infer.preprocess import ImageError
 
@@ -21,8 +24,6 @@ from im2latex_jax.infer.preprocess import ImageError
 FAKE_TOKENS = ("\\frac", "{", "a", "}", "{", "b", "}")
 # Two tokens below 0.7 so the page has low-confidence chips to show.
 FAKE_PROBS = (0.98, 0.99, 0.55, 0.99, 0.97, 0.64, 0.99)
-# Smallest side the real preprocessing accepts, in pixels.
-MIN_SIDE = 4
 
 
 class FakePredictor:
@@ -69,11 +70,9 @@ class FakePredictor:
     return preds
 
 
-  def prepare(self, image: np.ndarray) -> np.ndarray:
-    """The request-thread step (Predictor.prepare): refuses a blank or tiny
-    image here; the image itself goes on to predict_each."""
-    _preprocess(image)
-    return image
+  def prepare(self, image) -> preprocess.Crop:
+    """The request-thread step, as Predictor.prepare: the real crop."""
+    return preprocess.crop_formula(image)
 
   def predict_each(self, images: list[np.ndarray], beam_size: int = 1,
                    scales=None) -> list[Prediction | ImageError]:
@@ -92,23 +91,11 @@ class FakePredictor:
       return out
 
 
-def _preprocess(image: np.ndarray) -> np.ndarray:
-  """Grayscale, blank check and crop to the ink, like normalize_image."""
-  image = np.asarray(image)
-  if image.dtype != np.uint8 or image.ndim not in (2, 3):
-    raise ImageError(
-        f"expected a uint8 HxW or HxWx3 image, got {image.dtype} {image.shape}")
-  gray = image if image.ndim == 2 else image[..., :3].mean(-1).astype(np.uint8)
-  if min(gray.shape) < MIN_SIDE:
-    raise ImageError(f"image {gray.shape[1]}x{gray.shape[0]} is too small; "
-                     f"both sides must be at least {MIN_SIDE} pixels")
-  ink = gray < 128
-  if not ink.any():
-    raise ImageError("the image is blank: no dark pixels found")
-  rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-  pad = 8
-  crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-  return np.pad(crop, pad, constant_values=255)
+def _preprocess(image) -> np.ndarray:
+  """The real crop (an image, or a Crop that `prepare` made), padded as the
+  model's input is: uint8, ink dark on 255."""
+  crop = image if isinstance(image, preprocess.Crop) else preprocess.crop_formula(image)
+  return np.pad(np.round(crop.ink).astype(np.uint8), 8, constant_values=255)
 
 
 def _sweep_attention(hw: tuple[int, int], num_tokens: int) -> np.ndarray:
