@@ -18,28 +18,33 @@ from typing import Any
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from im2latex_jax import optim
-
 CKPT_DIR = "checkpoints"
 # An exported model dir (`im2latex-jax export-model`): these + config.json + vocab.txt.
 EXPORTED_PARAMS = "params.msgpack"
 
 
-def _metric_fn(metric: str):
+def _lower_is_better(metric: str, higher_is_better: bool):
+  """The metric as a value to minimise (the caller says which way is better:
+  this module stores what it is given and knows no metric)."""
+  sign = -1.0 if higher_is_better else 1.0
+
   def get(metrics: dict[str, Any]) -> float:
-    return optim.plateau_value(metric, float(metrics[metric]))
+    return sign * float(metrics[metric])
   return get
 
 
 def make_manager(workdir: str, metric: str = "loss", keep_best: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
-  """A manager for `<workdir>/checkpoints` (absolute path: Orbax needs one)."""
+                 read_only: bool = False, *,
+                 higher_is_better: bool = False) -> ocp.CheckpointManager:
+  """A manager for `<workdir>/checkpoints` (absolute path: Orbax needs one),
+  keeping the latest checkpoint and the best by `metric`."""
   path = os.path.join(os.path.abspath(workdir), CKPT_DIR)
   policies = [ocm.LatestN(1)]
   if keep_best:
     # BestN keeps the *last* n after sorting; reverse=True sorts descending,
-    # so it keeps the lowest plateau value (the best for either direction).
-    policies.append(ocm.BestN(get_metric_fn=_metric_fn(metric), reverse=True, n=1,
+    # so it keeps the lowest value to minimise (the best for either direction).
+    policies.append(ocm.BestN(get_metric_fn=_lower_is_better(metric, higher_is_better),
+                              reverse=True, n=1,
                               keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocm.AnyPreservationPolicy(policies),
@@ -57,13 +62,15 @@ def save(mngr: ocp.CheckpointManager, step: int, state,
             metrics=metrics or None)
 
 
-def best_step(mngr: ocp.CheckpointManager, metric: str = "loss") -> int | None:
+def best_step(mngr: ocp.CheckpointManager, metric: str = "loss", *,
+              higher_is_better: bool = False) -> int | None:
   """The kept step with the best `metric` (None if no step has it)."""
+  value = _lower_is_better(metric, higher_is_better)
   scored = []
   for step in mngr.all_steps():
     meta = restore_meta(mngr, step)
     if metric in meta:
-      scored.append((optim.plateau_value(metric, float(meta[metric])), step))
+      scored.append((value(meta), step))
   return min(scored)[1] if scored else None
 
 

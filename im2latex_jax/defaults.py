@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.shards_dir = placeholder(str)
   # loader='fake': random formula-like data, per bucket key.
   c.input.fake = ml_collections.ConfigDict(dict(examples_per_key=256, vocab_size=500))
-  # Online augmentation (im2latex_jax/datagen/augment.py); off in the paper configs.
+  # Online augmentation (im2latex_jax/data/augment.py); off in the paper configs.
   c.input.augment = augment_config()
 
   c.model = ml_collections.ConfigDict()
@@ -192,7 +192,7 @@ def base_config() -> ml_collections.ConfigDict:
 def augment_config() -> ml_collections.ConfigDict:
   """`config.input.augment`: every augmentation field, every transform off.
 
-  The ops are in datagen/augment.py; `enabled` switches the whole
+  The ops are in data/augment.py; `enabled` switches the whole
   augmentation in the input pipeline."""
   c = ml_collections.ConfigDict()
   # Master switch: the input pipeline augments training images only if set.

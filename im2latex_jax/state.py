@@ -1,7 +1,7 @@
 """The train state, and the model and optimizer it is built from.
 
 Below train.py: the trainer, the benchmark and the tests build the same
-state from here. Prediction never needs it (inference.py loads config ->
+state from here. Prediction never needs it (loading.py loads config ->
 model -> variables).
 """
 
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from im2latex_jax.infer import inference
+from im2latex_jax import loading
 from im2latex_jax import models
 from im2latex_jax import optim
 from im2latex_jax import workdir as workdir_lib
@@ -97,11 +97,11 @@ def load_init_from(state: TrainState, path: str, tx, plateau) -> TrainState:
   of another shape) when `path` holds another network than config.model.
   """
   # Either kind of dir (a workdir: its best checkpoint), without an optimizer.
-  source = inference.load_model(path)
+  source = loading.load_model(path)
   stored, step = source.variables, source.step
   new = {}
   for group in ("params", "batch_stats"):
-    problems = inference.mismatched_leaves(getattr(state, group), stored.get(group, {}),
+    problems = loading.mismatched_leaves(getattr(state, group), stored.get(group, {}),
                                            prefix=f"{group}/")
     if problems:
       more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

@@ -117,7 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                          workers=config.precompile_workers)
 
   # ------------------------------------------------ restore, or init_from
-  mngr = checkpointing.make_manager(workdir, metric_name, config.ckpt.keep_best)
+  mngr = checkpointing.make_manager(workdir, metric_name, config.ckpt.keep_best,
+                                    higher_is_better=metric_name in optim.MAXIMIZE)
   start_step = 0
   if mngr.latest_step() is not None:
     shardings = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),

@@ -1,4 +1,4 @@
-"""Tests for im2latex_jax.datagen.augment: stateless TF augmentation of bucket images."""
+"""Tests for im2latex_jax.data.augment: stateless TF augmentation of bucket images."""
 
 import os
 import pathlib
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from im2latex_jax import defaults
-from im2latex_jax.datagen import augment
+from im2latex_jax.data import augment
 
 FIXTURES = sorted(
     (pathlib.Path(__file__).parent / 'fixtures' / 'images').glob('*.png'))

@@ -28,7 +28,7 @@ from im2latex_jax.infer import predict_cli
 from im2latex_jax.infer import preprocess
 from im2latex_jax.serve import app as app_lib
 from im2latex_jax.serve import fake
-from im2latex_jax.serve import image_io
+from im2latex_jax.infer import image_io
 
 STATIC = os.path.join(os.path.dirname(app_lib.__file__), "static")
 

@@ -285,7 +285,7 @@ def create_train_iterator(data: TfdsSource, cfg: ml_collections.ConfigDict, *,
 
   augment_fn = None
   if cfg.augment.enabled:
-    from im2latex_jax.datagen import augment as augment_lib  # pylint: disable=g-import-not-at-top
+    from im2latex_jax.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
     augment_fn = functools.partial(augment_lib.augment, cfg=cfg.augment)
 
   # One shared, seeded key schedule: step s uses key schedule(s) on every host.

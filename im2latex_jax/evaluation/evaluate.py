@@ -129,6 +129,7 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   from im2latex_jax import console  # pylint: disable=g-import-not-at-top
   from im2latex_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   from im2latex_jax.infer import inference  # pylint: disable=g-import-not-at-top
+  from im2latex_jax import loading  # pylint: disable=g-import-not-at-top
   from im2latex_jax import sharding  # pylint: disable=g-import-not-at-top
   from im2latex_jax import steps  # pylint: disable=g-import-not-at-top
   from im2latex_jax.data import sources  # pylint: disable=g-import-not-at-top
@@ -139,7 +140,7 @@ def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
       render.check_tex()  # before minutes of decoding, not after
     except RuntimeError as e:
       raise UsageError(f"--image-metrics: {e}") from None
-  loaded = inference.load_model(args.workdir, args.step)
+  loaded = loading.load_model(args.workdir, args.step)
   config = loaded.config
   workdir = os.path.abspath(os.path.expanduser(args.workdir))
   split = args.split or config.input.eval_split

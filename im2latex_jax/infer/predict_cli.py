@@ -28,7 +28,7 @@ from typing import Any, Iterator, TextIO
 import numpy as np
 
 from im2latex_jax.infer.predictor import confidence_json as predictor_confidence
-from im2latex_jax.serve import image_io
+from im2latex_jax.infer import image_io
 
 # File extensions a directory argument is searched for (lower case).
 IMAGE_EXTENSIONS = frozenset(

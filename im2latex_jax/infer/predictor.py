@@ -31,6 +31,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from im2latex_jax import loading
 from im2latex_jax.infer import decode
 from im2latex_jax.infer import inference
 from im2latex_jax.infer import preprocess
@@ -700,7 +701,7 @@ def load_predictor(workdir: str | None = None, *,
       raise NoModelError(NO_MODEL_MESSAGE)
     source = f"${MODEL_ENV}" if os.environ.get(MODEL_ENV) else "the shipped model"
   try:
-    loaded = inference.load_model(workdir)
+    loaded = loading.load_model(workdir)
   except inference.WorkdirError:
     raise
   except (OSError, json.JSONDecodeError, KeyError) as e:

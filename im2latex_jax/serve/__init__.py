@@ -1,5 +1,2 @@
-"""Serving: the web page and JSON API (`app`), upload decoding (`image_io`).
-
-Importing this package imports neither Flask nor the model, so the predict CLI
-can use `image_io` alone.
-"""
+"""Serving: the web page and JSON API (`app`) and a stand-in predictor
+(`fake`). Upload decoding is infer/image_io.py, shared with the predict CLI."""

@@ -42,7 +42,7 @@ from werkzeug import exceptions as wz_exceptions
 
 from im2latex_jax.infer import predictor as predictor_lib
 from im2latex_jax.infer.predictor import NoModelError
-from im2latex_jax.serve import image_io
+from im2latex_jax.infer import image_io
 
 PredictorFactory = Callable[[], Any]
 
