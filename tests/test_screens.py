@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from im2latex_jax.infer import preprocess
 from im2latex_jax.evaluation import robustness
@@ -195,8 +195,10 @@ def test_benchmark_cli_scores_with_hand_computed_figures(tmp_path):
   # read, and a blank dataset image is refused (counted as empty).
   formulas = ['\\frac { a } { b }', 'x + y', 'z']
   data = tmp_path / 'data'
-  ok = np.full((40, 120), 255, np.uint8)
-  ok[10:20, 10:60] = 0
+  # Ink the real crop reads (the fake predictor prepares with it): text.
+  text = Image.new('L', (120, 40), 255)
+  ImageDraw.Draw(text).text((10, 12), 'x + y = 2', fill=0)
+  ok = np.asarray(text)
   blank = np.full((40, 120), 255, np.uint8)
   layout.write_dataset(str(data), formulas, 'validation',
                        [(0, 'a.png', ok), (1, 'b.png', blank), (2, 'c.png', ok)])
