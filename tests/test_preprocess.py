@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from im2latex_jax.infer import image_io
 from im2latex_jax.infer import preprocess
 from im2latex_jax.data import buckets as buckets_lib
 from im2latex_jax.data import processing
@@ -97,7 +98,7 @@ def _formula_rgb():
 
 
 @pytest.mark.parametrize('mode', ['1', 'L', 'LA', 'P', 'RGB', 'RGBA', 'CMYK',
-                                  'I;16', 'I', 'F'])
+                                  'YCbCr', 'HSV', 'I;16', 'I'])
 def test_pil_modes(mode):
   ref = preprocess.normalize_image(Image.fromarray(_formula_rgb()))
   im = Image.fromarray(_formula_rgb())
@@ -160,9 +161,14 @@ def test_too_large_goes_on_an_overflow_canvas():
     preprocess.normalize_image(np.tile(crop, (1, int(np.ceil(6000 / crop.shape[1])))))
 
 
-def test_unsupported_mode():
-  with pytest.raises(preprocess.ImageError, match='not supported'):
-    preprocess.normalize_image(Image.new('HSV', (50, 50)))
+def test_one_mode_policy_for_library_and_uploads():
+  """preprocess takes PIL images through image_io's policy: a 32-bit float
+  image is refused in both (the upload as 415), with the same words."""
+  with pytest.raises(preprocess.ImageError, match='unsupported image mode F'):
+    preprocess.normalize_image(Image.new('F', (50, 50)))
+  with pytest.raises(image_io.UploadError, match='unsupported image mode F') as e:
+    image_io.to_array(Image.new('F', (50, 50)))
+  assert e.value.status == 415
 
 
 def test_target_glyph_height_scales_output():

@@ -205,12 +205,12 @@ def test_16_bit_scaled():
 
 
 def test_large_color_jpeg_decodes_to_its_luma():
-  """Over preprocess.MAX_WORK_PIXELS a colour JPEG is decoded as luma only
+  """Over image_io.MAX_WORK_PIXELS a colour JPEG is decoded as luma only
   (the fast path of a 25 MP upload); smaller ones keep their colour."""
   rng = np.random.default_rng(0)
   tile = rng.integers(0, 256, (50, 50, 3), np.uint8)
   big = np.kron(tile, np.ones((44, 44, 1), np.uint8))  # 2200^2 = 4.8 MP
-  assert big.shape[0] * big.shape[1] > image_io.preprocess.MAX_WORK_PIXELS
+  assert big.shape[0] * big.shape[1] > image_io.MAX_WORK_PIXELS
   buf = io.BytesIO()
   Image.fromarray(big).save(buf, "JPEG", quality=95)
   g = image_io.decode_image(buf.getvalue())

@@ -23,7 +23,6 @@ import io
 import numpy as np
 from PIL import Image, ImageFile
 
-from im2latex_jax.infer import preprocess
 
 # Largest decoded image we accept, in pixels. A formula image is rarely above
 # 2,000 x 600; 25 MP leaves room for photos and still bounds memory at ~75 MB
@@ -43,6 +42,13 @@ _ALPHA_MODES = ("LA", "RGBA", "PA", "La", "RGBa")
 _TO_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX")
 
 
+# Larger inputs are box-averaged by an integer factor to at most this many
+# pixels before anything else runs, which bounds the work per image (a 25 MP
+# upload costs what a 4 MP one does). A formula that large is far above the
+# dataset's glyph size, so it loses nothing it needs: 4 MP is a 4K screen.
+MAX_WORK_PIXELS = 4_000_000
+
+
 class UploadError(ValueError):
   """An upload that cannot be turned into an image; `status` is its HTTP code."""
 
@@ -59,7 +65,7 @@ def decode_image(data: bytes) -> np.ndarray:
 
   Returns:
     A uint8 array, [H, W] for grayscale sources and [H, W, 3] for color ones;
-    a color JPEG over preprocess.MAX_WORK_PIXELS comes as [H, W], its luma.
+    a color JPEG over MAX_WORK_PIXELS comes as [H, W], its luma.
 
   Raises:
     UploadError: with status 422 for an empty or zero-size image, 415 for
@@ -98,7 +104,7 @@ def decode_image(data: bytes) -> np.ndarray:
           f"image too large: {w}x{h} = {w * h:,} pixels, the limit is "
           f"{MAX_PIXELS:,}; downscale it first", 413)
     if (img.format in ("JPEG", "MPO") and img.mode in ("RGB", "YCbCr")
-        and w * h > preprocess.MAX_WORK_PIXELS):
+        and w * h > MAX_WORK_PIXELS):
       # A photo-sized JPEG is read as its luma channel (what the model sees
       # anyway, the same 601 weights): half the decoding time of RGB, and
       # preprocessing of a 25 MP upload stays well under a second.
@@ -109,7 +115,7 @@ def decode_image(data: bytes) -> np.ndarray:
       raise UploadError(f"image too large: {e}", 413) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
       raise UploadError(f"truncated or corrupt image: {e}", 400) from None
-    return _to_array(img)
+    return to_array(img)
 
 
 def _sniff(data: bytes) -> str | None:
@@ -122,8 +128,10 @@ def _sniff(data: bytes) -> str | None:
   return None
 
 
-def _to_array(img: Image.Image) -> np.ndarray:
-  """Converts a loaded image of any supported mode to uint8 L or RGB."""
+def to_array(img: Image.Image) -> np.ndarray:
+  """The one mode policy (module docstring): a loaded image of any supported
+  mode as uint8 L or RGB; UploadError (415) for the others. preprocess takes
+  PIL images through this too."""
   mode = img.mode
   if mode == "P":
     mode = "PA" if "transparency" in img.info else "RGB"
@@ -146,7 +154,7 @@ def _to_array(img: Image.Image) -> np.ndarray:
           f"unsupported image mode {mode} with values in "
           f"[{arr.min()}, {arr.max()}]; save it as 8- or 16-bit grayscale", 415)
     # I;16 is 16-bit by definition; a 32-bit 'I' image is taken as 16-bit
-    # only when some value says so (the rule preprocess.to_grayscale uses).
+    # only when some value says so .
     if mode == "I" and arr.max(initial=0) <= 255:
       return arr.astype(np.uint8)
     return (arr // 257).astype(np.uint8)

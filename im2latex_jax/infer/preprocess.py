@@ -29,6 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from im2latex_jax.data import buckets as buckets_lib
+from im2latex_jax.infer import image_io
 
 # The training grid of the shipped configs (data/buckets.py, by area).
 DEFAULT_BUCKETS = buckets_lib.IM2MARKUP_BUCKETS
@@ -109,11 +110,8 @@ RESCALED_INK_SLACK = 1.5
 MIN_SIDE = 4
 # Below this estimated glyph height (px) the input is too coarse to read.
 MIN_GLYPH_HEIGHT = 4.0
-# Larger inputs are box-averaged by an integer factor to at most this many
-# pixels before anything else runs, which bounds the work per image (a 25 MP
-# upload costs what a 4 MP one does). A formula that large is far above the
-# dataset's glyph size, so it loses nothing it needs: 4 MP is a 4K screen.
-MAX_WORK_PIXELS = 4_000_000
+# (image_io.MAX_WORK_PIXELS: an input above it is box-averaged first.)
+MAX_WORK_PIXELS = image_io.MAX_WORK_PIXELS
 # More connected ink marks than this is noise, a photo or a page of text, not
 # one formula (the screenshot benchmark's images have at most ~65; a
 # 150-token formula a few hundred).
@@ -128,8 +126,8 @@ def to_grayscale(image: np.ndarray | Image.Image) -> np.ndarray:
   """Returns a float32 [H, W] image in [0, 255]; transparency over white.
 
   Args:
-    image: a PIL image of mode 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, I,
-      I;16*, F; or an array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] of
+    image: a PIL image of a mode image_io.to_array accepts (1, L, LA, P, PA,
+      RGB, RGBA, CMYK, YCbCr, LAB, HSV, I, I;16*); or an array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] of
       uint8, uint16, bool, or floats in [0, 1].
   """
   if isinstance(image, Image.Image):
@@ -138,27 +136,11 @@ def to_grayscale(image: np.ndarray | Image.Image) -> np.ndarray:
 
 
 def _pil_to_gray(im: Image.Image) -> np.ndarray:
-  mode = im.mode
-  if mode in ('P', 'PA'):
-    # A palette may carry transparency; RGBA keeps it for compositing.
-    im = im.convert('RGBA')
-    mode = 'RGBA'
-  if mode in ('RGBA', 'LA', 'RGBa', 'La'):
-    return _array_to_gray(np.asarray(im.convert('RGBA')))
-  if mode in ('1', 'L', 'RGB', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
-    if mode == 'LAB' or mode == 'HSV':
-      raise ImageError(f'image mode {mode!r} is not supported; save the image '
-                       'as PNG (RGB or grayscale) and try again')
-    return np.asarray(im.convert('L'), dtype=np.float32)
-  if mode.startswith('I;16') or mode == 'I':
-    a = np.asarray(im).astype(np.float64)
-    # 16-bit PNGs open as I or I;16; values above 255 say the range is 16-bit.
-    scale = 257.0 if a.max(initial=0) > 255 else 1.0
-    return np.clip(a / scale, 0, 255).astype(np.float32)
-  if mode == 'F':
-    return _array_to_gray(np.asarray(im, dtype=np.float32))
-  raise ImageError(f'image mode {mode!r} is not supported; save the image as '
-                   'PNG (RGB or grayscale) and try again')
+  # One mode policy for every way in (CLI, API, page, library): image_io's.
+  try:
+    return _array_to_gray(image_io.to_array(im))
+  except image_io.UploadError as e:
+    raise ImageError(str(e)) from None
 
 
 def _array_to_gray(a: np.ndarray) -> np.ndarray:
