@@ -6,6 +6,7 @@ The command-line entry points call `setup(verbose)`. Without --verbose:
   format;
 - INFO records print only from this package; every library's warnings and
   errors still print (but for `HARMLESS_WARNINGS`, which no user can act on);
+- wandb prints nothing of its own (WANDB_SILENT) but still logs the run;
 - `quiet()` silences what libraries write straight to the terminal while
   the data pipeline starts: TensorFlow's C++ start-up banners, TFDS's
   progress bars and "Downloading and preparing" prints.
@@ -72,6 +73,9 @@ def setup(verbose: bool) -> None:
   _verbose = verbose
   if verbose:
     return
+  # wandb's own banner and run summary (~35 lines offline); the run's data
+  # is still written (workdir/wandb) and synced as configured.
+  os.environ.setdefault("WANDB_SILENT", "true")
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   # absl's handler on the root logger reaches every library's Python logging
   # (and makes a library's later logging.basicConfig() a no-op).

@@ -140,8 +140,13 @@ def test_console_shows_progress_not_library_info(tmp_path):
   """A first run (the dataset is built): a config summary, progress lines
   with loss and ETA, plain (no absl `I1208 12:00:00.0 123 file.py:1]`
   prefixes), no config dump, no TFDS bars or prints, no TensorFlow banners,
-  no library INFO (with --verbose they show: test_sigterm_saves_and_rerun_resumes)."""
+  no library INFO (with --verbose they show: test_sigterm_saves_and_rerun_resumes),
+  and nothing from wandb, which still logs the run (offline here)."""
   cmd, env = _cli(str(tmp_path / "w"), 2, tmp_path / "tfds", every=2)
+  cmd = [c for c in cmd if c != "--config.wandb.mode=disabled"] + ["--config.wandb.mode=offline"]
+  env = dict(env, WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
+             WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"),
+             WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   text = out.stdout + out.stderr
@@ -152,9 +157,10 @@ def test_console_shows_progress_not_library_info(tmp_path):
   assert not LIBRARY_INFO.search(out.stderr), LIBRARY_INFO.search(out.stderr).group(0)
   assert not re.search(r"^[IWEF]\d{4} ", text, re.M), text[-3000:]
   for noise in ("Config:", "Generating splits", "Downloading and preparing",
-                "Shuffling", "absl::InitializeLog", "oneDNN"):
+                "Shuffling", "absl::InitializeLog", "oneDNN", "wandb:"):
     assert noise not in text, noise
   assert len(text.replace("\r", "\n").splitlines()) <= 20, text
+  assert list(tmp_path.rglob("offline-run-*")), "wandb logged no run"
 
 
 def test_missing_data_dir_is_a_clear_cli_error(tfds_dir, tmp_path):
