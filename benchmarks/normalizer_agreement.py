@@ -62,23 +62,12 @@ def reference(raw: list[str], im2markup: str) -> list[str]:
 
 def book_formulas(tarball: str, n: int, seed: int = 0) -> list[str]:
   """n unique raw formulas from LaTeX sources, macros expanded."""
-  files = harvest.read_sources(tarball)
   found = set()
-  groups = collections.defaultdict(dict)
-  for path, text in files.items():
-    groups[harvest.group_of(path)][path] = harvest.strip_comments(text)
-  for members in groups.values():
-    macros = {}
-    for path, text in members.items():
-      if path.endswith(harvest.MACRO_EXTS):
-        harvest.collect_macros(text, macros)
-    for path, text in members.items():
-      if path.endswith(harvest.SOURCE_EXTS):
-        for f in harvest.find_math(text):
-          try:
-            found.add(' '.join(harvest.expand_macros(f.latex, macros).split('\n')))
-          except ValueError:
-            pass
+  for f, macros in harvest.find_all_math(harvest.read_sources(tarball)):
+    try:
+      found.add(' '.join(harvest.expand_macros(f.latex, macros).split('\n')))
+    except ValueError:
+      pass
   found = sorted(x for x in found if x.strip())
   return random.Random(seed).sample(found, min(n, len(found)))
 

@@ -427,6 +427,25 @@ def is_multiline(tokens: str) -> bool:
   return '\\\\' in tokens.split()
 
 
+def find_all_math(files: dict[str, str]) -> Iterator[tuple[Found, dict[str, Macro]]]:
+  """Every formula of `files` (comments stripped), in path order, with the
+  macros of its top-level folder (all of them collected before its first
+  formula)."""
+  groups = collections.defaultdict(dict)
+  for path, text in files.items():
+    groups[group_of(path)][path] = text
+  for group, members in groups.items():
+    macros: dict[str, Macro] = {}
+    stripped = {p: strip_comments(t) for p, t in members.items()
+                if p.endswith(MACRO_EXTS)}
+    for text in stripped.values():
+      collect_macros(text, macros)
+    for path, text in stripped.items():
+      if path.endswith(SOURCE_EXTS):
+        for f in find_math(text, group):
+          yield f, macros
+
+
 def harvest(files: dict[str, str], *, min_tokens: int = 1,
             max_tokens: int = 150, check_commands: bool = False) -> Harvest:
   """Finds, expands, normalizes, deduplicates and length-filters formulas.
@@ -436,35 +455,23 @@ def harvest(files: dict[str, str], *, min_tokens: int = 1,
   asks; an undefined command is mostly a macro the document defined in a way
   this harvester does not expand).
   """
-  groups = collections.defaultdict(dict)
-  for path, text in files.items():
-    groups[group_of(path)][path] = text
-  found: list[Found] = []
+  found = 0
   dropped = collections.Counter()
   failures = []
   expanded = []
-  for group, members in groups.items():
-    macros: dict[str, Macro] = {}
-    stripped = {p: strip_comments(t) for p, t in members.items()
-                if p.endswith(MACRO_EXTS)}
-    for text in stripped.values():
-      collect_macros(text, macros)
-    for path, text in stripped.items():
-      if not path.endswith(SOURCE_EXTS):
-        continue
-      for f in find_math(text, group):
-        found.append(f)
-        if not f.latex.strip():
-          dropped['empty'] += 1
-          continue
-        if '\\intertext' in f.latex:
-          dropped['has \\intertext (text between lines)'] += 1
-          continue
-        try:
-          expanded.append((f, operator_forms(expand_macros(f.latex, macros))))
-        except ValueError as e:
-          dropped['macro expansion failed: ' + _reason(str(e))] += 1
-          failures.append((str(e), f.latex))
+  for f, macros in find_all_math(files):
+    found += 1
+    if not f.latex.strip():
+      dropped['empty'] += 1
+      continue
+    if '\\intertext' in f.latex:
+      dropped['has \\intertext (text between lines)'] += 1
+      continue
+    try:
+      expanded.append((f, operator_forms(expand_macros(f.latex, macros))))
+    except ValueError as e:
+      dropped['macro expansion failed: ' + _reason(str(e))] += 1
+      failures.append((str(e), f.latex))
   results = normalize_lib.normalize_many(latex for _, latex in expanded)
   kept, displays, sources, seen = [], [], [], set()
   for (f, latex), res in zip(expanded, results):
@@ -497,7 +504,7 @@ def harvest(files: dict[str, str], *, min_tokens: int = 1,
         undefined.update(n & unknown)
     kept, displays, sources = ([x for x, ok in zip(seq, keep) if ok]
                                for seq in (kept, displays, sources))
-  return Harvest(kept, displays, len(found), dropped, sources, failures,
+  return Harvest(kept, displays, found, dropped, sources, failures,
                  undefined)
 
 
