@@ -220,6 +220,36 @@ class _Options:
   style: str = 'display'
 
 
+# Ends a document without a page of its own.
+_END = '\\csname @@end\\endcsname\n'
+
+
+def _pdflatex(workdir: str, source: str, timeout_s: float) -> tuple[str, str | None]:
+  """Compiles `source` as `<workdir>/f.tex` (shell escape off, nonstop).
+
+  Returns:
+    (the log, '' if there is none; None if pdflatex finished, else what it
+    had printed when it was stopped at `timeout_s`: TeX flushes the terminal
+    at every \\message, not the log file).
+  """
+  with open(os.path.join(workdir, 'f.tex'), 'w', encoding='utf-8') as fh:
+    fh.write(source)
+  cmd = ['pdflatex', '-no-shell-escape', '-interaction=nonstopmode', 'f.tex']
+  terminal = None
+  try:
+    subprocess.run(cmd, cwd=workdir, env=_tex_env(), stdout=subprocess.PIPE,
+                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                   timeout=timeout_s, check=False)
+  except subprocess.TimeoutExpired as e:
+    terminal = (e.stdout or b'').decode('latin-1')
+  log_path = os.path.join(workdir, 'f.log')
+  log = ''
+  if os.path.exists(log_path):
+    with open(log_path, encoding='latin-1') as fh:
+      log = fh.read()
+  return log, terminal
+
+
 def _document(items: Sequence[tuple[int, str]], opts: _Options) -> str:
   size = opts.font_size_pt
   cls = 'article' if size in (10, 11, 12) else 'extarticle'
@@ -235,7 +265,7 @@ def _document(items: Sequence[tuple[int, str]], opts: _Options) -> str:
     # local error instead of a runaway argument.
     parts.append('\\message{[[B%d]]}\\setbox0=\\hbox{$%s\n%s\n$}'
                  '\\rnship{%d}\n' % (idx, style, formula, idx))
-  parts.append('\\csname @@end\\endcsname\n')
+  parts.append(_END)
   return ''.join(parts)
 
 
@@ -255,21 +285,15 @@ def undefined_commands(names: Sequence[str], *, template: str = 'dataset',
     return set()
   opts = _Options(dpi=72, font_size_pt=10, font_package=font_package,
                   template=template, timeout_s=timeout_s)
-  head = _document([], opts).replace('\\csname @@end\\endcsname\n', '')
+  doc = _document([], opts)
+  assert doc.endswith(_END)
   body = ''.join(f'\\ifdefined\\{n}\\else\\message{{[[U {n}]]}}\\fi\n'
                  for n in names)
   with tempfile.TemporaryDirectory() as d:
-    with open(os.path.join(d, 'u.tex'), 'w', encoding='utf-8') as f:
-      f.write(head + body + '\\csname @@end\\endcsname\n')
-    subprocess.run(['pdflatex', '-no-shell-escape', '-interaction=nonstopmode',
-                    'u.tex'], cwd=d, env=_tex_env(), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                   timeout=timeout_s, check=False)
-    log_path = os.path.join(d, 'u.log')
-    log = ''
-    if os.path.exists(log_path):
-      with open(log_path, encoding='latin-1') as f:
-        log = f.read()
+    log, terminal = _pdflatex(d, doc[:-len(_END)] + body + _END, timeout_s)
+  if terminal is not None:
+    raise RuntimeError(f'pdflatex did not finish checking {len(names)} command '
+                       f'names in {timeout_s:g} s')
   if '[[U' not in log and not re.search(r'^Output written|^No pages of output', log, re.M):
     raise RuntimeError('pdflatex could not check the command names (no log '
                        'of a finished run)')
@@ -304,28 +328,11 @@ def _compile(items: Sequence[tuple[int, str]], opts: _Options, workdir: str
   """Compiles items once; returns (clean images, errors); unaccounted missing."""
   for name in os.listdir(workdir):
     os.remove(os.path.join(workdir, name))
-  tex = os.path.join(workdir, 'f.tex')
-  with open(tex, 'w', encoding='utf-8') as fh:
-    fh.write(_document(items, opts))
-  cmd = ['pdflatex', '-no-shell-escape', '-interaction=nonstopmode', 'f.tex']
-  timed_out, terminal = False, ''
-  try:
-    subprocess.run(cmd, cwd=workdir, env=_tex_env(), stdout=subprocess.PIPE,
-                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                   timeout=opts.timeout_s, check=False)
-  except subprocess.TimeoutExpired as e:
-    timed_out = True
-    # TeX flushes the terminal at every \message, not the log file.
-    terminal = (e.stdout or b'').decode('latin-1')
-  log_path = os.path.join(workdir, 'f.log')
-  log = ''
-  if os.path.exists(log_path):
-    with open(log_path, encoding='latin-1') as fh:
-      log = fh.read()
+  log, terminal = _pdflatex(workdir, _document(items, opts), opts.timeout_s)
   pages, errors = _parse_log(log)
   images: dict[int, np.ndarray] = {}
   pdf = os.path.join(workdir, 'f.pdf')
-  if timed_out:
+  if terminal is not None:  # timed out
     # The log (flushed per \message) shows which formula was running.
     last_b = [int(m.group(2)) for m in _MARK_RE.finditer(terminal + log)
               if m.group(1) == 'B']
