@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import sys
+import time
 from typing import Iterator
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -124,7 +125,6 @@ class Progress:
 
   def __init__(self, total: int | None, noun: str, verb: str = "done", *,
                 every_s: float = 10.0, stream=None):
-    import time  # pylint: disable=g-import-not-at-top
     self._clock = time.monotonic
     self.total, self.noun, self.verb, self.every_s = total, noun, verb, every_s
     self.stream = stream

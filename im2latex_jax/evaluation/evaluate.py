@@ -30,6 +30,8 @@ import sys
 import time
 from typing import Any
 
+from im2latex_jax import console
+
 TABLE_HEADER = ("| split | beam | BLEU-4 | edit acc | exact | img exact | img exact -ws "
                 "| img edit |\n|---|---|---|---|---|---|---|---|")
 
@@ -126,7 +128,6 @@ def read_predictions(path: str) -> dict[str, tuple[str, str, float]]:
 def evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
   """Runs the evaluation; returns (table row, metrics, output directory)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from im2latex_jax import console  # pylint: disable=g-import-not-at-top
   from im2latex_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   from im2latex_jax.infer import inference  # pylint: disable=g-import-not-at-top
   from im2latex_jax import loading  # pylint: disable=g-import-not-at-top
@@ -228,7 +229,6 @@ def main(argv: list[str]) -> int:
   """Runs `im2latex-jax evaluate`; 0 on success, 2 on a user error."""
   try:
     args = _parse_args(argv)
-    from im2latex_jax import console  # pylint: disable=g-import-not-at-top
     console.setup(args.verbose)
   except SystemExit as e:  # argparse printed its own usage line
     return int(e.code or 0) and 2

@@ -55,6 +55,7 @@ import time
 import zlib
 from typing import Iterator
 
+from im2latex_jax import console
 from im2latex_jax.latex import normalize as normalize_lib
 
 SOURCE_EXTS = ('.tex',)
@@ -553,7 +554,6 @@ def _render_chunks(formulas: list[str], workers: int, chunk: int = RENDER_CHUNK)
   """Yields [(RenderResult with its index in `formulas`, processed image or
   None)] per chunk of formulas (bounded memory), with progress lines."""
   import concurrent.futures  # pylint: disable=g-import-not-at-top
-  from im2latex_jax import console  # pylint: disable=g-import-not-at-top
   from im2latex_jax.data import processing  # pylint: disable=g-import-not-at-top
   from im2latex_jax.datagen import render  # pylint: disable=g-import-not-at-top
   progress = console.Progress(len(formulas), 'formulas', 'rendered')
