@@ -134,7 +134,9 @@ class Progress:
     elapsed = max(self._clock() - self.start, 1e-9)
     rate = done / elapsed
     of = f"/{self.total}" if self.total is not None else ""
-    text = f"{self.verb} {done}{of} {self.noun}, {rate:.1f}/s"
+    # Slow units (benchmark conditions, trials) read better as seconds each.
+    speed = f"{rate:.1f}/s" if rate >= 1 or done == 0 else f"{1 / rate:.0f} s each"
+    text = f"{self.verb} {done}{of} {self.noun}, {speed}"
     if self.total is not None and rate > 0:
       eta = int(round(max(self.total - done, 0) / rate))
       text += f", ETA {eta // 60}:{eta % 60:02d}"
